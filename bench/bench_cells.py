@@ -1,0 +1,222 @@
+"""Durable cells against their baselines, measured in one run: ``python bench/bench_cells.py``.
+
+Every figure is a ratio or a difference against a baseline measured in the same process run:
+
+1. first-run overhead of a small durable cell over the same plain cell (real kernel, round trips);
+2. replay of a small completed cell after a restart, over the plain cell;
+3. Run All of a restarted 20-cell notebook: restore time beyond the same 20 plain cells;
+4. a 200 MB numpy array: checkpoint vs ``pickle.dump`` + fsync, restore vs ``pickle.load``;
+   an 8 MB array checkpoint in ms;
+5. ``import nbdurable`` + ``%load_ext nbdurable`` in a fresh kernel;
+6. cost per step as the log grows: step 1,000 vs step 10.
+
+Targets (issue 2): (1) median <= 5 ms, (2) <= 5 ms, (3) <= 0.2 s, (4) <= 1.25x and <= 1.5x and
+<= 15 ms, (5) <= 0.3 s, (6) within 1.2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from kernels import Kernel, kernel_env  # noqa: E402
+
+from nbdurable import analysis, engine, settings  # noqa: E402
+from nbdurable.logdb import open_log  # noqa: E402
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def roundtrip(k: Kernel, code: str) -> float:
+    t = time.perf_counter()
+    reply = k.execute(code)
+    elapsed = time.perf_counter() - t
+    assert reply.status == "ok", reply.traceback
+    return elapsed
+
+
+def bench_small_cells(work: Path, n: int) -> dict:
+    with Kernel(work) as k:
+        k.execute("%load_ext nbdurable")
+        for i in range(20):  # warm up both paths
+            roundtrip(k, f"w{i} = {i}")
+            roundtrip(k, f"%%durable warm{i}\nw{i} = {i}")
+        plain, durable = [], []
+        for i in range(n):
+            plain.append(roundtrip(k, f"p{i} = {i}\np{i} + 1"))
+            durable.append(roundtrip(k, f"%%durable s{i}\nd{i} = {i}\nd{i} + 1"))
+    with Kernel(work) as k:
+        k.execute("%load_ext nbdurable")
+        replay, plain2 = [], []
+        for i in range(n):
+            plain2.append(roundtrip(k, f"p{i} = {i}\np{i} + 1"))
+            replay.append(roundtrip(k, f"%%durable s{i}\nd{i} = {i}\nd{i} + 1"))
+    return {
+        "plain": statistics.median(plain),
+        "first_overhead": statistics.median(d - p for d, p in zip(durable, plain)),
+        "replay_overhead": statistics.median(r - p for r, p in zip(replay, plain2)),
+    }
+
+
+def bench_run_all(work: Path, cells: int = 20) -> dict:
+    durable = [f"%%durable c{i}\nv{i} = list(range({i} * 10))\nprint(len(v{i}))"
+               for i in range(cells)]
+    plain = [c.split("\n", 1)[1] for c in durable]
+    with Kernel(work) as k:
+        k.execute("%load_ext nbdurable")
+        for c in durable:
+            roundtrip(k, c)
+    with Kernel(work) as k:
+        k.execute("%load_ext nbdurable")
+        t = time.perf_counter()
+        for c in durable:
+            roundtrip(k, c)
+        replayed = time.perf_counter() - t
+        t = time.perf_counter()
+        for c in plain:
+            roundtrip(k, c)
+        baseline = time.perf_counter() - t
+    return {"run_all_replay": replayed, "run_all_plain": baseline}
+
+
+def bench_load_ext(work: Path, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        with Kernel(work) as k:
+            out = k.execute("import time as _t\n_s = _t.perf_counter()\nimport nbdurable\n"
+                            "get_ipython().run_line_magic('load_ext', 'nbdurable')\n"
+                            "print(_t.perf_counter() - _s)")
+            times.append(float(out.stream()))
+    return statistics.median(times)
+
+
+def _spec(name: str, source: str) -> engine.CellSpec:
+    import ast
+
+    return engine.CellSpec(name, source, analysis.analyse(ast.parse(source)))
+
+
+def _execute_cell(eng: engine.Engine, name: str, source: str) -> float:
+    """Checkpoint cost of one cell through the engine (the body runs between begin/finish)."""
+    t = time.perf_counter()
+    decision = eng.decide(_spec(name, source))
+    execution = eng.begin(decision)
+    exec(source, eng.namespace)
+    eng.finish(execution, ok=True, outputs=[])
+    return time.perf_counter() - t
+
+
+def bench_large(work: Path, repeat: int = 3) -> dict:
+    settings.configure(log=work / "large.duckdb", run="large")
+    arr = np.random.default_rng(0).random(25_000_000)  # 200 MB
+    small = np.random.default_rng(1).random(1_000_000)  # 8 MB
+    dump_t, load_t, ckpt_t, restore_t, small_t = [], [], [], [], []
+    for i in range(repeat):
+        path = work / f"baseline-{i}.pkl"
+        t = time.perf_counter()
+        with open(path, "wb") as f:
+            pickle.dump(arr, f, protocol=5)
+            f.flush()
+            os.fsync(f.fileno())
+        dump_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with open(path, "rb") as f:
+            pickle.load(f)
+        load_t.append(time.perf_counter() - t)
+        path.unlink()
+
+        ns = {"__name__": "__main__", "np": np, "seed": i}
+        eng = engine.Engine(ns)
+        source = "big = np.random.default_rng(seed).random(25_000_000)"
+        decision = eng.decide(_spec(f"big{i}", source))
+        execution = eng.begin(decision)
+        exec(source, ns)
+        t = time.perf_counter()
+        eng.finish(execution, ok=True, outputs=[])
+        ckpt_t.append(time.perf_counter() - t)
+
+        fresh = {"__name__": "__main__", "np": np, "seed": i}
+        eng2 = engine.Engine(fresh)
+        decision = eng2.decide(_spec(f"big{i}", source))
+        assert decision.replay
+        t = time.perf_counter()
+        eng2.replay(decision)
+        restore_t.append(time.perf_counter() - t)
+        assert fresh["big"].shape == (25_000_000,)
+
+        ns_small = {"__name__": "__main__", "np": np, "seed": i}
+        eng3 = engine.Engine(ns_small)
+        src = "mid = np.random.default_rng(seed + 100).random(1_000_000)"
+        decision = eng3.decide(_spec(f"mid{i}", src))
+        execution = eng3.begin(decision)
+        exec(src, ns_small)
+        t = time.perf_counter()
+        eng3.finish(execution, ok=True, outputs=[])
+        small_t.append(time.perf_counter() - t)
+    del small
+    return {"dump": statistics.median(dump_t), "load": statistics.median(load_t),
+            "checkpoint": statistics.median(ckpt_t), "restore": statistics.median(restore_t),
+            "checkpoint_8mb": statistics.median(small_t)}
+
+
+def bench_growth(work: Path, steps: int = 1000, window: int = 10) -> dict:
+    settings.configure(log=work / "growth.duckdb", run="growth")
+    ns = {"__name__": "__main__"}
+    eng = engine.Engine(ns)
+    times = [_execute_cell(eng, f"s{i}", f"v{i} = {i}") for i in range(steps)]
+    early = statistics.median(times[10:10 + window])
+    late = statistics.median(times[steps - window:])
+    return {"step10": early, "step1000": late}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=100, help="small cells per measurement")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    n = 30 if args.quick else args.n
+    with tempfile.TemporaryDirectory(prefix="nbdurable-bench-") as tmp:
+        work = Path(tmp)
+        os.environ.update(kernel_env(work, NBDURABLE_RUN="bench"))
+        small = bench_small_cells(work, n)
+        run_all = bench_run_all(work)
+        load_ext = bench_load_ext(work, 3 if args.quick else 5)
+        large = bench_large(work, 1 if args.quick else 3)
+        growth = bench_growth(work, 300 if args.quick else 1000)
+        log = open_log(work / "growth.duckdb")
+        log.close()
+    print(f"small cell, plain round trip (baseline)       {ms(small['plain'])}")
+    print(f"1. first-run overhead of a durable cell      {ms(small['first_overhead'])}"
+          f"   (target <= 5 ms, aim 2 ms)")
+    print(f"2. replay overhead after a restart           {ms(small['replay_overhead'])}"
+          f"   (target <= 5 ms, aim 1 ms)")
+    extra = run_all["run_all_replay"] - run_all["run_all_plain"]
+    print(f"3. Run All, 20 restarted durable cells       {ms(run_all['run_all_replay'])} vs "
+          f"{ms(run_all['run_all_plain'])} plain: +{extra:.3f} s   (target <= 0.2 s)")
+    print(f"4. 200 MB array checkpoint / pickle.dump+fsync  {large['checkpoint']:.3f} s / "
+          f"{large['dump']:.3f} s = {large['checkpoint'] / large['dump']:.2f}x   (target <= 1.25x)")
+    print(f"   200 MB array restore / pickle.load           {large['restore']:.3f} s / "
+          f"{large['load']:.3f} s = {large['restore'] / large['load']:.2f}x   (target <= 1.5x)")
+    print(f"   8 MB array checkpoint                        {ms(large['checkpoint_8mb'])}"
+          f"   (target <= 15 ms)")
+    print(f"5. import nbdurable + %load_ext              {load_ext:.3f} s   (target <= 0.3 s)")
+    print(f"6. per-step cost at step 10 / at step {1000 if not args.quick else 300:<5}    "
+          f"{ms(growth['step10'])} / {ms(growth['step1000'])} = "
+          f"{growth['step1000'] / growth['step10']:.2f}x   (target <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()

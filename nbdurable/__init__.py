@@ -1,0 +1,65 @@
+"""nbdurable: durable execution for Jupyter notebooks.
+
+``%load_ext nbdurable``, then ``%%durable NAME`` makes a cell a durable step: its outputs and the
+variables it produces are checkpointed in a DuckDB log, and a restarted kernel replays completed
+steps instead of running them again.
+
+The names below are imported lazily so that ``import nbdurable`` (and ``%load_ext``) stay fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "configure": "nbdurable.settings",
+    "step": "nbdurable.steps",
+    "once": "nbdurable.steps",
+    "once_reset": "nbdurable.steps",
+    "once_resolve": "nbdurable.steps",
+    "history": "nbdurable.history",
+    "runs": "nbdurable.history",
+    "errors": "nbdurable.errors",
+    "NbdurableError": "nbdurable.errors",
+}
+
+__all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension", "__version__"])
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbdurable' has no attribute {name!r}")
+    mod = import_module(module)
+    value = mod if name == "errors" else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext nbdurable``: register the magics; loading twice is harmless."""
+    from .ipython import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext nbdurable``: remove everything ``load_ipython_extension`` registered."""
+    from .ipython import unload
+
+    unload(ipython)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import errors
+    from .errors import NbdurableError
+    from .history import history, runs
+    from .settings import configure
+    from .steps import once, once_reset, once_resolve, step

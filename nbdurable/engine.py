@@ -1,0 +1,300 @@
+"""The replay engine: decide, replay or execute, and checkpoint a durable cell.
+
+This module knows nothing about IPython. An adapter hands it a :class:`CellSpec` (the step's
+name, its source, the names its syntax reads and binds) and the notebook namespace; the engine
+decides whether the recorded checkpoint is valid, restores it, or records a new attempt and,
+when the body has run, checkpoints what it produced.
+
+A checkpoint is valid when the source is unchanged and every name the cell reads has the same
+fingerprint as when it was recorded (see :mod:`nbdurable.fingerprint`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import types
+import warnings
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from . import analysis, context, faults, objects, records, settings
+from .errors import UnstorableValueWarning
+from .fingerprint import Tracker, fingerprint, module_fingerprint
+from .logdb import LogDB, open_log
+from .runindex import RunIndex
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """A durable cell as written: its step name, flags, body source and the names in it."""
+
+    name: str
+    source: str
+    names: analysis.CellNames
+    force: bool = False
+
+    @property
+    def source_hash(self) -> str:
+        return source_hash(self.source)
+
+
+def source_hash(source: str) -> str:
+    """Hash of a cell body; trailing whitespace and blank lines do not count as edits."""
+    lines = [line.rstrip() for line in source.strip("\n").splitlines()]
+    return xxhash.xxh3_128_hexdigest("\n".join(lines).rstrip("\n").encode())
+
+
+@dataclass
+class Decision:
+    """What to do with a durable cell, and why."""
+
+    spec: CellSpec
+    log: LogDB
+    run: str
+    inputs: dict[str, str]
+    checkpoint: records.Attempt | None
+    reason: str | None  # why it executes; None for a first execution
+    replay: bool
+
+
+@dataclass
+class Replayed:
+    """A restored checkpoint: the outputs to show again and where they came from."""
+
+    checkpoint: records.Attempt
+    outputs: list[dict]
+
+
+@dataclass
+class Execution:
+    """A running attempt, from :meth:`Engine.begin` to :meth:`Engine.finish`."""
+
+    decision: Decision
+    attempt: records.Attempt
+    clock: float
+    before: dict[str, Any]
+    step_context: context.StepContext
+    token: object = None
+
+
+@dataclass
+class Finished:
+    status: str
+    attempt: int
+    duration_s: float
+    produced: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unstorable: dict[str, str] = field(default_factory=dict)
+
+
+_MISSING = object()
+
+
+class Engine:
+    """Durable cells of one namespace (one kernel)."""
+
+    def __init__(self, namespace: MutableMapping[str, Any], *,
+                 ignore: Callable[[str], bool] = lambda name: name.startswith("__")):
+        self.namespace = namespace
+        self.ignore = ignore
+        self.tracker = Tracker(namespace)
+        self._runs_seen: set[tuple[str, str]] = set()
+        self._indexes: dict[tuple[str, str], RunIndex] = {}
+
+    # -- deciding -------------------------------------------------------------------------------
+    def where(self) -> tuple[LogDB, str]:
+        """The log and run this namespace's cells belong to now."""
+        return open_log(settings.log_path()), settings.run_id(self.namespace)
+
+    def _index(self, log: LogDB, run: str) -> RunIndex:
+        key = (str(log.path), run)
+        index = self._indexes.get(key)
+        if index is None or index.log is not log:
+            index = self._indexes[key] = RunIndex(log, run)
+        return index
+
+    def decide(self, spec: CellSpec) -> Decision:
+        log, run = self.where()
+        inputs = self.tracker.fingerprints(self._input_names(spec))
+        with log.lease() as con:
+            index = self._index(log, run)
+            index.refresh(con)
+            checkpoint, last = index.checkpoint(spec.name), index.last(spec.name)
+        reason = _why_execute(spec, inputs, checkpoint, last)
+        return Decision(spec, log, run, inputs, checkpoint, reason, replay=reason is None
+                        and checkpoint is not None)
+
+    def _input_names(self, spec: CellSpec) -> set[str]:
+        loads = [n for n in spec.names.reads if not self.ignore(n)]
+        return {n for n in analysis.expand(loads, self.namespace) if not self.ignore(n)}
+
+    # -- replaying ------------------------------------------------------------------------------
+    def replay(self, decision: Decision) -> Replayed:
+        """Restore the checkpoint's variables into the namespace; return its outputs.
+
+        Everything is loaded before anything is assigned: a checkpoint that cannot be restored
+        raises and leaves the namespace as it was.
+        """
+        cp, log = decision.checkpoint, decision.log
+        variables = cp.variables or []
+        values = {v.name: self._load(log, v) for v in variables if v.kind != "deleted"}
+        outputs = _decode_outputs(log, cp.outputs)
+        for var in variables:
+            if var.kind == "deleted":
+                self.namespace.pop(var.name, None)
+                self.tracker.forget(var.name)
+            else:
+                self.namespace[var.name] = values[var.name]
+                self.tracker.remember(var.name, values[var.name], _recorded_fp(var))
+        log.defer(*records.replayed(cp.run, cp.step, cp.attempt))
+        return Replayed(cp, outputs)
+
+    def _load(self, log: LogDB, var: records.Variable) -> Any:
+        if var.kind == "module":
+            import importlib
+
+            return importlib.import_module(var.detail)
+        ns = self.namespace if isinstance(self.namespace, dict) else None
+        return objects.load_value(log.blobs, var.ref.hash, var.ref.data, ns)
+
+    # -- executing ------------------------------------------------------------------------------
+    def begin(self, decision: Decision) -> Execution:
+        """Record a running attempt and make it the active step."""
+        spec, log, run = decision.spec, decision.log, decision.run
+        with log.lease() as con:
+            index = self._index(log, run)
+            index.refresh(con)
+            if (str(log.path), run) not in self._runs_seen:
+                log.execute(*records.ensure_run(run, settings.notebook_path(self.namespace)))
+            attempt = records.Attempt(run, spec.name, index.next_number(spec.name), "running",
+                                      spec.source_hash, decision.inputs, records.now())
+            log.execute(*records.attempt_started(attempt, source=spec.source,
+                                                 forced=spec.force, reason=decision.reason))
+            index.note(attempt)
+        self._runs_seen.add((str(log.path), run))
+        ns = self.namespace if isinstance(self.namespace, dict) else None
+        ctx = context.StepContext(log, run, spec.name, attempt.attempt, spec.force, ns)
+        execution = Execution(decision, attempt, time.perf_counter(), dict(self.namespace), ctx)
+        execution.token = context.enter(ctx)
+        return execution
+
+    def finish(self, execution: Execution, *, ok: bool, outputs: list[dict],
+               error: dict | None = None) -> Finished:
+        """Checkpoint a finished body (``ok``) or record its failure, in one statement."""
+        context.leave(execution.step_context, execution.token)
+        log = execution.decision.log
+        out_ref = objects.store_bytes(log.blobs, json.dumps(outputs).encode())
+        result: dict = {}
+        attempt = execution.attempt
+        if ok:
+            result = self._checkpoint(execution, log)
+            attempt.status, attempt.variables = "completed", result.pop("variables")
+            attempt.unstorable = result["unstorable"]
+        else:
+            ename = (error or {}).get("ename")
+            attempt.status = "interrupted" if ename == "KeyboardInterrupt" else "failed"
+        attempt.finished_at = records.now()
+        attempt.duration_s = time.perf_counter() - execution.clock
+        attempt.outputs = out_ref
+        faults.crashpoint("before-commit")
+        with log.lease():
+            log.execute(*records.attempt_finished(attempt, error=error))
+            self._index(log, attempt.run).note(attempt)
+        faults.crashpoint("after-commit")
+        return Finished(attempt.status, attempt.attempt, attempt.duration_s, **result)
+
+    def _checkpoint(self, execution: Execution, log: LogDB) -> dict:
+        """Store what the body produced; remember the versions of the stored values."""
+        before, ns = execution.before, self.namespace
+        produced = self._produced(execution)
+        deleted = sorted(n for n in before if n not in ns and not self.ignore(n))
+        variables = [records.Variable(n, "deleted") for n in deleted]
+        unstorable: dict[str, str] = {}
+        versions: dict[str, str] = {}
+        for name, (value, fp, packed, why) in produced.items():
+            if isinstance(value, types.ModuleType):
+                variables.append(records.Variable(name, "module", detail=value.__name__))
+                versions[name] = module_fingerprint(value)
+            elif packed is None:
+                variables.append(records.Variable(name, "unstorable", detail=why))
+                unstorable[name] = why
+                versions[name] = fp
+            else:
+                ref = objects.store_packed(log.blobs, packed)
+                variables.append(records.Variable(name, "value", ref=ref))
+                versions[name] = fp
+        for name in deleted:
+            self.tracker.forget(name)
+        for name, fp in versions.items():
+            self.tracker.remember(name, ns[name], fp)
+        for name, why in unstorable.items():
+            warnings.warn(f"variable `{name}` of step {execution.decision.spec.name!r} cannot be "
+                          f"stored ({why}); the step will execute again on replay",
+                          UnstorableValueWarning, stacklevel=2)
+        return {"variables": variables, "produced": sorted(produced), "deleted": deleted,
+                "unstorable": unstorable}
+
+    def _produced(self, execution: Execution) -> dict[str, tuple]:
+        """Names bound, re-bound or changed in place by the body, with their encodings."""
+        before, ns = execution.before, self.namespace
+        spec, inputs = execution.decision.spec, execution.decision.inputs
+        ns_globals = ns if isinstance(ns, dict) else None
+        names = {n for n, v in ns.items() if before.get(n, _MISSING) is not v}
+        names |= {n for n in spec.names.binds if n in ns}
+        result = {}
+        for name in sorted(names | set(inputs)):
+            if self.ignore(name) or name not in ns:
+                continue
+            fp, packed, why = fingerprint(ns[name], ns_globals)
+            if name not in names and fp == inputs.get(name):
+                continue  # an input the body did not change
+            result[name] = (ns[name], fp, packed, why)
+        return result
+
+    # -- plain cells ----------------------------------------------------------------------------
+    def plain_cell_ran(self, names: Iterable[str] | None) -> None:
+        """A cell that is not durable ran; it may have changed ``names`` (``None``: anything)."""
+        if names is not None:
+            names = analysis.expand(names, self.namespace) | set(names)
+        self.tracker.touched(names)
+
+
+def _why_execute(spec: CellSpec, inputs: dict[str, str], checkpoint: records.Attempt | None,
+                 last: records.Attempt | None) -> str | None:
+    """None when the checkpoint can be replayed (or there is nothing yet), else the reason."""
+    if checkpoint is None:
+        if last is None:
+            return None
+        return {"failed": "the previous attempt failed",
+                "interrupted": "the previous attempt was interrupted",
+                "running": "the previous attempt did not finish (the kernel died)"}.get(
+                    last.status, f"the previous attempt is {last.status}")
+    if spec.force:
+        return "--force"
+    if checkpoint.source_hash != spec.source_hash:
+        return "source edited"
+    changed = sorted(n for n in set(inputs) | set(checkpoint.inputs)
+                     if inputs.get(n) != checkpoint.inputs.get(n))
+    if changed:
+        return "input " + ", ".join(f"`{n}`" for n in changed[:3]) + (
+            " changed" if len(changed) <= 3 else f" and {len(changed) - 3} more changed")
+    if checkpoint.unstorable:
+        names = ", ".join(f"`{n}`" for n in sorted(checkpoint.unstorable))
+        return f"{names} could not be stored"
+    return None
+
+
+def _recorded_fp(var: records.Variable) -> str:
+    if var.kind == "module":
+        return f"m:{var.detail}"
+    return f"h:{var.ref.hash}"
+
+
+def _decode_outputs(log: LogDB, ref: objects.StoredRef | None) -> list[dict]:
+    if ref is None:
+        return []
+    return json.loads(objects.load_bytes(log.blobs, ref.hash, ref.data))

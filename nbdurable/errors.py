@@ -1,0 +1,61 @@
+"""The one error tree of nbdurable.
+
+Every error nbdurable raises derives from :class:`NbdurableError`. Its message is one line that
+names the problem and what to do about it. In a notebook such errors are shown as that one line,
+without a traceback (IPython calls ``_render_traceback_``), because they are expected conditions,
+not bugs.
+"""
+
+from __future__ import annotations
+
+
+class NbdurableError(Exception):
+    """Base class of every error raised by nbdurable."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython uses this instead of a traceback: expected errors get one readable line.
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+class UsageError(NbdurableError, ValueError):
+    """A call, a magic or a command was used with bad arguments."""
+
+
+class ConfigError(NbdurableError):
+    """The configuration (``NBDURABLE_LOG``, ``NBDURABLE_RUN``, ``configure``) is invalid."""
+
+
+class LogError(NbdurableError):
+    """The log file cannot be used."""
+
+
+class NotALogError(LogError):
+    """The file at the log path exists but is not an nbdurable log. It is never modified."""
+
+
+class LogVersionError(LogError):
+    """The log was written by a newer nbdurable (or DuckDB) than this one. It is never modified."""
+
+
+class LogBusyError(LogError):
+    """Another process held the log for longer than the lock timeout."""
+
+
+class LogCorruptError(LogError):
+    """The log refers to data that is missing or damaged (for example a deleted blob file)."""
+
+
+class StepError(NbdurableError):
+    """A durable step cannot go on as asked."""
+
+
+class OnceInDoubtError(StepError):
+    """A ``once`` call started but its process died before it recorded an outcome.
+
+    nbdurable cannot know whether the side effect happened, so it refuses to run it again until
+    the user says what happened (``nbdurable.once_resolve`` or ``nbdurable.once_reset``).
+    """
+
+
+class UnstorableValueWarning(UserWarning):
+    """A variable produced by a durable cell could not be stored in the log."""

@@ -1,0 +1,186 @@
+"""Recording a cell's outputs exactly as the front end receives them, and showing them again.
+
+Recording wraps the kernel session's ``send`` for the length of the cell and keeps a copy of each
+IOPub output message whose parent is this cell's ``execute_request``. Output therefore streams
+live as usual, and what is recorded includes output of threads, of subprocesses and of C code
+(which ipykernel forwards from file descriptors 1 and 2), rich displays and the result.
+
+Replaying goes through the normal kernel APIs, so the messages get the current parent and
+execution count: streams are written to ``sys.stdout``/``sys.stderr``, displays are published,
+and the result goes through the display hook to become this cell's ``Out[n]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result",
+                          "error", "clear_output"})
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_MISSING = object()
+
+
+def _msg_id(header: Any) -> str | None:
+    if isinstance(header, dict):
+        return (header.get("header") or header).get("msg_id")
+    return None
+
+
+class OutputRecorder:
+    """Copies the IOPub output messages of one execute request while they are sent."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.messages: list[dict] = []
+        self._lock = threading.Lock()
+        self._original = None
+        self._previous: Any = _MISSING
+        self._parent_id: str | None = None
+
+    def start(self) -> None:
+        session = self.kernel.session
+        self._parent_id = _msg_id(_current_parent(self.kernel))
+        self._previous = session.__dict__.get("send", _MISSING)
+        self._original = session.send
+        original = self._original
+
+        def send(stream, msg_or_type, content=None, parent=None, *args, **kwargs):
+            self._observe(msg_or_type, content, parent)
+            return original(stream, msg_or_type, content, parent, *args, **kwargs)
+
+        session.send = send
+
+    def _observe(self, msg_or_type, content, parent) -> None:
+        if isinstance(msg_or_type, dict):
+            msg_type = msg_or_type.get("header", {}).get("msg_type")
+            content, parent = msg_or_type.get("content"), msg_or_type.get("parent_header")
+        else:
+            msg_type = msg_or_type
+        if msg_type not in OUTPUT_TYPES or _msg_id(parent) != self._parent_id:
+            return
+        with self._lock:
+            self.messages.append({"msg_type": msg_type, "content": _plain(content)})
+
+    def stop(self) -> list[dict]:
+        """Flush pending output, stop recording and return the messages (streams merged)."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed or replaced stream must not lose the checkpoint
+                pass
+        session = self.kernel.session
+        if self._original is not None:
+            # Put back exactly what was there: usually nothing (the class's method).
+            if self._previous is _MISSING:
+                session.__dict__.pop("send", None)
+            else:
+                session.send = self._previous
+            self._original = None
+        with self._lock:
+            return merge_streams(self.messages)
+
+
+def _current_parent(kernel) -> dict:
+    get_parent = getattr(kernel, "get_parent", None)
+    if get_parent is not None:
+        try:
+            return get_parent("shell")
+        except TypeError:
+            return get_parent()
+    return getattr(kernel, "_parent_header", {}) or {}
+
+
+def _plain(content: Any) -> Any:
+    """A JSON-ready copy of a message's content."""
+    if isinstance(content, dict):
+        return {k: _plain(v) for k, v in content.items()}
+    if isinstance(content, (list, tuple)):
+        return [_plain(v) for v in content]
+    if isinstance(content, (str, int, float, bool)) or content is None:
+        return content
+    return str(content)
+
+
+def merge_streams(messages: list[dict]) -> list[dict]:
+    """Join consecutive stream messages of the same name, as the front end does."""
+    merged: list[dict] = []
+    for msg in messages:
+        prev = merged[-1] if merged else None
+        if (prev is not None and msg["msg_type"] == "stream" and prev["msg_type"] == "stream"
+                and prev["content"].get("name") == msg["content"].get("name")):
+            prev["content"] = {**prev["content"],
+                               "text": prev["content"]["text"] + msg["content"]["text"]}
+        else:
+            merged.append({"msg_type": msg["msg_type"], "content": dict(msg["content"])})
+    return merged
+
+
+# -- showing recorded outputs again ---------------------------------------------------------------
+
+class RecordedResult:
+    """The recorded result of a cell: the display hook shows its recorded MIME bundle."""
+
+    def __init__(self, data: dict, metadata: dict):
+        self._data, self._metadata = data, metadata
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self._data, self._metadata
+
+    def __repr__(self) -> str:
+        return str(self._data.get("text/plain", "<recorded result>"))
+
+
+def replay(shell, messages: list[dict]) -> RecordedResult | None:
+    """Show recorded messages again; return the result for the display hook, if any."""
+    result = None
+    for msg in messages:
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
+            stream.write(content.get("text", ""))
+            stream.flush()
+        elif kind in ("display_data", "update_display_data"):
+            _publish(shell, content, update=kind == "update_display_data")
+        elif kind == "clear_output":
+            from IPython.display import clear_output
+
+            clear_output(wait=bool(content.get("wait")))
+        elif kind == "execute_result":
+            data = _without_widgets(content.get("data", {}))
+            result = RecordedResult(data, content.get("metadata", {}))
+    return result
+
+
+def _publish(shell, content: dict, *, update: bool) -> None:
+    data = _without_widgets(content.get("data", {}))
+    if not data:
+        return
+    kwargs: dict[str, Any] = {"metadata": content.get("metadata") or {}}
+    transient = content.get("transient")
+    if transient:
+        kwargs["transient"] = transient
+    if update:
+        kwargs["update"] = True
+    shell.display_pub.publish(data, **kwargs)
+
+
+def _without_widgets(data: dict) -> dict:
+    """Widget views cannot come back from a recording (their comms are gone): keep the rest."""
+    if WIDGET_VIEW not in data:
+        return data
+    rest = {k: v for k, v in data.items() if k != WIDGET_VIEW}
+    return rest if set(rest) - {"text/plain"} or rest.get("text/plain") else {}
+
+
+def notice(shell, text: str, *, kind: str, detail: dict) -> None:
+    """A one-line note (replayed / executing again, and why) shown in the cell's output."""
+    html = (f'<div style="color:#6a737d;font-size:0.85em;font-family:monospace">'
+            f'{_escape(text)}</div>')
+    shell.display_pub.publish({"text/plain": text, "text/html": html},
+                              metadata={"nbdurable": {"kind": kind, **detail}})
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,50 @@
+"""The ``%%durable`` and ``%durable_run`` magics."""
+
+from __future__ import annotations
+
+import ast
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from .. import settings
+from ..errors import UsageError
+
+
+@magics_class
+class DurableMagics(Magics):
+    @cell_magic
+    def durable(self, line: str, cell: str):
+        """Make this cell a durable step: %%durable NAME [--force]
+
+        The cell's outputs and the variables it produces are checkpointed in the log. When the
+        cell runs again with the same source and unchanged inputs (for example after a kernel
+        restart), its body does not execute: the variables are restored and the outputs are
+        shown again. --force executes the body even when a valid checkpoint exists.
+
+        %%durable must be the first line of the cell; other cell magics such as %%time may
+        come just before or just after it.
+        """
+        # Normally the input transformer handles %%durable before IPython sees a cell magic.
+        # This path serves explicit run_cell_magic("durable", ...) calls.
+        shell = self.shell
+        code = shell.transform_cell(f"%%durable {line}\n{cell}")
+        tree = shell.transform_ast(shell.compile.ast_parse(code))
+        *stmts, last = tree.body
+        ns = shell.user_ns
+        exec(shell.compile(ast.Module(stmts, []), "<durable>", "exec"), ns)
+        if isinstance(last, ast.Expr):
+            return eval(shell.compile(ast.Expression(last.value), "<durable>", "eval"), ns)
+        exec(shell.compile(ast.Module([last], []), "<durable>", "exec"), ns)
+        return None
+
+    @line_magic
+    def durable_run(self, line: str):
+        """Show the run id and log of this notebook, or change the run id: %durable_run [RUN]"""
+        run = line.strip()
+        if run:
+            try:
+                settings.configure(run=run)
+            except UsageError:
+                raise
+        current = settings.run_id(self.shell.user_ns)
+        print(f"run {current!r} in log {settings.log_path()}")

@@ -1,0 +1,174 @@
+"""How a ``%%durable`` cell becomes ordinary Python that IPython runs like any other cell.
+
+The input transformer replaces the ``%%durable NAME [--force]`` line by a marker call on the
+same line (so line numbers stay those of the cell) and transforms the rest of the cell as IPython
+would, so ``%%time``, ``!cmd`` and line magics keep working inside. The AST transformer then turns
+the marked module::
+
+    %%durable load                     __nbdurable__.enter('TOKEN')   # decides
+    df = fetch()                  ->   if __nbdurable__.executing:
+    df.head()                              df = fetch()
+                                       (__nbdurable__.done(df.head()) if __nbdurable__.executing
+                                        else __nbdurable__.replayed_result())
+
+The body runs in the cell's own frame, with no try/except around it: tracebacks, ``Out[n]``,
+top-level ``await`` and nested cell magics behave as in a plain cell.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import xxhash
+
+from ..analysis import CellNames, analyse
+from ..errors import UsageError
+
+RUNTIME = "__nbdurable__"
+MARKER = "__nbdurable_cell__"
+_LINE = re.compile(r"^%%durable(?:\s+(?P<args>.*))?$")
+USAGE = "usage: %%durable NAME [--force]"
+
+
+@dataclass
+class CellRequest:
+    """What the input transformer read from a ``%%durable`` line, plus the body."""
+
+    name: str | None
+    force: bool
+    body: str
+    error: str | None = None
+    names: CellNames | None = None
+
+
+def parse_line(args: str) -> tuple[str | None, bool, str | None]:
+    """(name, force, error) from what follows ``%%durable``."""
+    try:
+        words = shlex.split(args)
+    except ValueError as exc:
+        return None, False, f"%%durable {args}: {exc}; {USAGE}"
+    force = "--force" in words
+    rest = [w for w in words if w != "--force"]
+    unknown = [w for w in rest if w.startswith("-")]
+    if unknown:
+        return None, force, f"%%durable: unknown option {unknown[0]}; {USAGE}"
+    if len(rest) != 1:
+        what = "a step NAME is missing" if not rest else f"one NAME expected, got {rest}"
+        return None, force, f"%%durable: {what}; {USAGE}"
+    return rest[0], force, None
+
+
+class Requests:
+    """Cells seen by the input transformer, by token (transforming twice gives the same token)."""
+
+    def __init__(self, limit: int = 512):
+        self._items: OrderedDict[str, CellRequest] = OrderedDict()
+        self._limit = limit
+
+    def add(self, request: CellRequest, key: str) -> str:
+        token = xxhash.xxh3_64_hexdigest(key.encode())
+        self._items[token] = request
+        self._items.move_to_end(token)
+        while len(self._items) > self._limit:
+            self._items.popitem(last=False)
+        return token
+
+    def get(self, token: str) -> CellRequest | None:
+        return self._items.get(token)
+
+
+class InputTransformer:
+    """A line transform for IPython's TransformerManager (``line_transforms``)."""
+
+    def __init__(self, shell, requests: Requests):
+        self.shell = shell
+        self.requests = requests
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        if not lines:
+            return lines
+        match = _LINE.match(lines[0].rstrip())
+        if match is None:
+            return lines
+        body = "".join(lines[1:])
+        name, force, error = parse_line(match.group("args") or "")
+        token = self.requests.add(CellRequest(name, force, body, error), "".join(lines))
+        marker = f"{MARKER}({token!r})  # {lines[0].strip()}\n"
+        return [marker, *self._transform_body(lines[1:])]
+
+    def _transform_body(self, lines: list[str]) -> list[str]:
+        """The body as IPython would transform it, keeping its leading blank lines."""
+        blank = 0
+        while blank < len(lines) and not lines[blank].strip():
+            blank += 1
+        rest = "".join(lines[blank:])
+        transformed = self.shell.transform_cell(rest) if rest.strip() else ""
+        return ["\n"] * blank + transformed.splitlines(keepends=True)
+
+
+class AstTransformer(ast.NodeTransformer):
+    """Wraps a marked module so that the runtime decides whether its body runs."""
+
+    def __init__(self, requests: Requests):
+        self.requests = requests
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        token = _marker_token(node)
+        if token is None:
+            return node
+        request = self.requests.get(token)
+        body = node.body[1:]
+        if request is not None and request.names is None:
+            request.names = analyse(body)
+        node.body = _wrap(token, node.body[0], body)
+        return node
+
+
+def _marker_token(node: ast.Module) -> str | None:
+    if not node.body:
+        return None
+    first = node.body[0]
+    if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+            and isinstance(first.value.func, ast.Name) and first.value.func.id == MARKER
+            and len(first.value.args) == 1 and isinstance(first.value.args[0], ast.Constant)):
+        return first.value.args[0].value
+    return None
+
+
+def _runtime_call(method: str, *args: ast.expr) -> ast.Call:
+    func = ast.Attribute(ast.Name(RUNTIME, ast.Load()), method, ast.Load())
+    return ast.Call(func, list(args), [])
+
+
+def _executing() -> ast.expr:
+    return ast.Attribute(ast.Name(RUNTIME, ast.Load()), "executing", ast.Load())
+
+
+def _wrap(token: str, marker: ast.stmt, body: list[ast.stmt]) -> list[ast.stmt]:
+    enter = ast.copy_location(ast.Expr(_runtime_call("enter", ast.Constant(token))), marker)
+    last = body[-1] if body and isinstance(body[-1], ast.Expr) else None
+    stmts = body[:-1] if last is not None else body
+    out: list[ast.stmt] = [enter]
+    if last is None:
+        done = ast.copy_location(ast.Expr(_runtime_call("done")), body[-1] if body else marker)
+        out.append(ast.copy_location(ast.If(_executing(), [*stmts, done], []), marker))
+        return out
+    if stmts:
+        out.append(ast.copy_location(ast.If(_executing(), stmts, []), marker))
+    value = ast.IfExp(_executing(), _runtime_call("done", last.value),
+                      _runtime_call("replayed_result"))
+    out.append(ast.copy_location(ast.Expr(ast.copy_location(value, last.value)), last))
+    return out
+
+
+def raise_for(request: CellRequest | None) -> CellRequest:
+    """The request behind a marker, or a clear error."""
+    if request is None:
+        raise UsageError("this %%durable cell was transformed by another session; run it again")
+    if request.error:
+        raise UsageError(request.error)
+    return request

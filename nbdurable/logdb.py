@@ -1,0 +1,882 @@
+"""One DuckDB log file shared safely by many processes.
+
+DuckDB lets one process at a time open a database file, and a second opener fails at once
+instead of waiting. nbdurable needs two kernels, the CLI and scripts to share one log, so every
+process follows this protocol:
+
+* **Lease.** A process may have the log file attached only while it holds an exclusive
+  ``flock`` on the sidecar ``<log>.lock``. Each :class:`LogDB` keeps one long-lived in-memory
+  DuckDB connection, ATTACHes the file as ``log`` (``USE log``) when it takes the lease and
+  DETACHes it (which checkpoints) before giving the lease back. Waiting is a loop of
+  ``LOCK_EX|LOCK_NB`` attempts with jittered backoff (0.5 ms growing to 10 ms) until
+  ``lock_timeout``; then :class:`~nbdurable.errors.LogBusyError` names the holder, which writes
+  ``"<pid> <host> <program>"`` into the lock file when it takes the lease. A crashed holder's
+  flock and DuckDB lock vanish with it, so a lease is never stale. If the flock is free but
+  DuckDB still refuses (a program opened the file outside this protocol), the attach is retried
+  the same way and the error names the PID DuckDB reports.
+* **Linger.** After a transaction the file stays attached for ``linger`` seconds, so a burst of
+  transactions (a notebook's Run All) pays ATTACH/DETACH once; a background thread detaches when
+  idle.
+* **Waiter signal.** A process waiting for the lease holds ``LOCK_SH`` on a second sidecar,
+  ``<log>.wait``. After each transaction, and every few milliseconds while lingering, the holder
+  tries ``LOCK_EX|LOCK_NB`` on it (releasing it at once): if that fails, someone waits, so the
+  holder detaches and unlocks instead of lingering. A process that wants the lease while others
+  already wait first lets them go (up to 50 ms), so a holder in a loop cannot starve them. No one
+  ever blocks on either sidecar, so there is no deadlock.
+* **Write generation.** Bytes 256..275 of ``<log>.lock`` hold a counter that every writer
+  bumps, under the lease, *before* it commits. A process that takes the lease and finds another
+  value than it last saw knows someone else may have written: :attr:`LogDB.epoch` changes, and
+  caches of log contents keyed by it (the engine's index of a run) reload. While a process keeps
+  the lease (lingering), nobody else can write, so its caches stay valid for free.
+* **Deferred writes.** :meth:`LogDB.defer` queues best-effort bookkeeping rows (replays); they
+  are written with the next transaction or just before the lease is given back.
+* **Opening.** A missing log is built under a temporary name, fsynced and published with
+  ``os.link`` (atomic; if someone else published first, theirs is used). An existing file is
+  sniffed, then ATTACHed ``READ_ONLY`` to check ``nbdurable_meta`` before it is ever attached
+  read-write, so a file that is not an nbdurable log (or is from a newer nbdurable or DuckDB) is
+  never modified.
+
+Inside a process an ``RLock`` serializes use of a :class:`LogDB` (the linger thread runs
+separately). DuckDB holds a POSIX lock on the file, and closing *any* descriptor of that file in
+the same process drops it, so the file itself is only opened (to sniff its header) while it is
+not attached. DuckDB also refuses a second attachment of one file in one process, so use
+:func:`open_log` to share one :class:`LogDB` per log per process.
+
+Fork safety: before a fork, idle leases are detached and unlocked; a :class:`LogDB` used in a
+forked child starts over with its own connection and descriptors and never touches the parent's
+(which it deliberately leaks). A child forked while its parent was inside a transaction cannot
+attach the log (DuckDB's in-process registry still lists it) and gets a clear error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from . import schema
+from .blobs import BlobStore
+from .errors import (
+    LogBusyError,
+    LogCorruptError,
+    LogError,
+    LogVersionError,
+    NbdurableError,
+    NotALogError,
+    UsageError,
+)
+
+__all__ = ["LogDB", "open_log"]
+
+ALIAS = "log"
+_BACKOFF_START = 0.0005
+_BACKOFF_GROWTH = 1.5
+_BACKOFF_CAP = 0.010
+_WAITER_POLL = 0.005  # how often a lingering holder looks for waiters
+_YIELD_GRACE = 0.05  # how long a newcomer lets earlier waiters go first
+_YIELD_POLL = 0.001
+_FORK_WAIT = 0.1  # how long a fork waits for the lease's lock to detach an idle lease
+_GENERATION_AT = 256  # byte offset of the write generation in the .lock file
+_GENERATION_LEN = 20
+_FOREIGN_LOCK = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+
+
+class LogDB:
+    """The log database at ``path``, shared with other processes through a lease.
+
+    No file is touched until the first :meth:`transaction`, which creates or validates the log.
+    ``lock_timeout`` bounds how long to wait for the lease (then :class:`LogBusyError`);
+    ``linger`` is how long the file stays attached after a transaction (0: detach at once).
+    Prefer :func:`open_log`, which shares one instance per log in a process.
+    """
+
+    path: Path
+    blobs: BlobStore
+
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 30.0, linger: float = 0.05):
+        if not lock_timeout >= 0 or not linger >= 0:
+            raise UsageError(f"lock_timeout and linger must be >= 0 seconds, got {lock_timeout!r}, {linger!r}")
+        self.path = _resolve(path)
+        self.blobs = BlobStore(Path(f"{self.path}.blobs"))
+        self.lock_timeout = float(lock_timeout)
+        self.linger = float(linger)
+        self._lease = _Lease(self.path, self.lock_timeout, self.linger)
+        self._finalizer = weakref.finalize(self, _close_quietly, self._lease)
+
+    def __repr__(self) -> str:
+        return f"LogDB({str(self.path)!r})"
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._lease.closed
+
+    @property
+    def epoch(self) -> int:
+        """Changes when another process may have written to the log since this one last held
+        the lease. Read it while holding the lease (inside :meth:`lease`)."""
+        return self._lease.epoch
+
+    @contextmanager
+    def lease(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Hold the lease without a transaction: statements run in autocommit mode.
+
+        Use it to read (each query sees committed data) or to check :attr:`epoch`.
+        """
+        with self._locked() as lease:
+            if lease.depth:
+                yield lease.conn
+                return
+            if not lease.attached:
+                lease.acquire()
+            try:
+                yield lease.conn
+            finally:
+                lease.after_transaction()
+
+    def execute(self, sql: str, params: list | None = None, *, write: bool = True) -> list[tuple]:
+        """Run one statement as its own (autocommitted) transaction; return its rows.
+
+        One statement is atomic, and cheaper than BEGIN + statement + COMMIT.
+        """
+        with self.lease() as conn:
+            if write:
+                self._lease.bump_generation()
+            try:
+                return conn.execute(sql, params or []).fetchall()
+            except duckdb.Error as e:
+                raise LogError(f"the log {self.path} refused a write: {_first_line(e)}") from e
+
+    def defer(self, sql: str, params: list) -> None:
+        """Queue a best-effort write (bookkeeping a crash may lose harmlessly)."""
+        with self._locked() as lease:
+            lease.deferred.append((sql, params))
+
+    @contextmanager
+    def _locked(self) -> Iterator[_Lease]:
+        lease = self._current()
+        if not lease.lock.acquire(timeout=self.lock_timeout):
+            raise LogBusyError(
+                f"the log {self.path} is in use by another thread of this process for more than "
+                f"{self.lock_timeout:g} s; let it finish, or raise the lock timeout"
+            )
+        try:
+            yield lease
+        finally:
+            lease.lock.release()
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Hold the lease, BEGIN; COMMIT on success, ROLLBACK on exception.
+
+        Yields the connection, whose default database is the log (unqualified table names).
+        Re-entrant in the same thread: a nested ``transaction()`` joins the outer one, and only
+        the outermost block commits or rolls back. Do not keep the connection after the block.
+        ``write=False`` promises the block only reads (other processes' caches stay valid).
+        """
+        lease = self._current()
+        if not lease.lock.acquire(timeout=self.lock_timeout):
+            raise LogBusyError(
+                f"the log {self.path} is in use by another thread of this process for more than "
+                f"{self.lock_timeout:g} s; let it finish, or raise the lock timeout"
+            )
+        try:
+            if lease.depth:
+                lease.depth += 1
+                try:
+                    yield lease.conn
+                finally:
+                    lease.depth -= 1
+                return
+            lease.begin()
+            try:
+                yield lease.conn
+                if write:
+                    lease.run_deferred()
+                    lease.bump_generation()
+            except BaseException:
+                lease.rollback()
+                raise
+            lease.commit()
+        finally:
+            lease.lock.release()
+
+    def release(self) -> None:
+        """Detach the log and give the lease back now, if held (for example before a long wait)."""
+        lease = self._current()
+        with lease.lock:
+            if lease.depth:
+                raise UsageError("release() cannot be called inside a transaction")
+            lease.release()
+
+    def close(self) -> None:
+        """Release the lease and close the connection. Idempotent; also done at interpreter exit."""
+        if self._lease.pid != os.getpid() or self._lease.closed:
+            self._finalizer()
+            return
+        self._lease.close()
+        self._finalizer.detach()
+
+    def _current(self) -> _Lease:
+        lease = self._lease
+        if lease.pid != os.getpid():  # a forked child: never reuse the parent's connection/fds
+            with _FORK_LOCK:
+                if self._lease is lease:
+                    was_closed = lease.closed
+                    self._finalizer()  # abandons the parent's lease in this process
+                    self._lease = _Lease(self.path, self.lock_timeout, self.linger)
+                    self._lease.closed = was_closed
+                    self._finalizer = weakref.finalize(self, _close_quietly, self._lease)
+            lease = self._lease
+        if lease.closed:
+            raise UsageError(f"this LogDB for {self.path} was closed; open the log again with open_log()")
+        return lease
+
+
+_REGISTRY: dict[tuple[int, Path], LogDB] = {}
+_REGISTRY_LOCK = threading.Lock()
+_FORK_LOCK = threading.Lock()
+
+
+def open_log(path: str | os.PathLike[str]) -> LogDB:
+    """The process-wide shared :class:`LogDB` for ``path`` (created on first use, default options).
+
+    The kernel extension, ``@step`` calls and ``history()`` must share one lease: two LogDB
+    objects for one file in one process would wait on each other. This small registry, keyed by
+    absolute path and process id (a forked child gets its own), is nbdurable's only process-wide
+    state. A closed instance is replaced by a new one.
+    """
+    key = (os.getpid(), _resolve(path))
+    with _REGISTRY_LOCK:
+        db = _REGISTRY.get(key)
+        if db is None or db.closed:
+            db = _REGISTRY[key] = LogDB(key[1])
+        return db
+
+
+class _Lease:
+    """The per-process state behind a LogDB: connection, sidecar fds, linger thread.
+
+    It never refers to its LogDB, so the LogDB can be garbage-collected (which closes the lease).
+    Every method except ``close``/``abandon``/``detach_for_fork`` expects ``lock`` to be held.
+    """
+
+    def __init__(self, path: Path, lock_timeout: float, linger: float):
+        self.path = path
+        self.lock_timeout = lock_timeout
+        self.linger = linger
+        self.pid = os.getpid()
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.conn: duckdb.DuckDBPyConnection | None = None
+        self.lock_fd: int | None = None
+        self.wait_fd: int | None = None
+        self.flocked = False
+        self.attached = False
+        self.validated = False
+        self.closed = False
+        self.depth = 0
+        self.idle_deadline = 0.0
+        self.thread: threading.Thread | None = None
+        self.epoch = 0
+        self.seen_generation: int | None = None
+        self.deferred: list[tuple[str, list]] = []
+        _LIVE.add(self)
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def begin(self) -> None:
+        if not self.attached:
+            self.acquire()
+        try:
+            self.conn.execute("BEGIN TRANSACTION")
+        except duckdb.Error as e:
+            self.reset()
+            raise LogError(f"cannot start a transaction on the log {self.path}: {_first_line(e)}") from e
+        self.depth = 1
+
+    def commit(self) -> None:
+        self.depth = 0
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException as e:  # also KeyboardInterrupt: never leave a transaction open
+            self.reset()
+            if isinstance(e, duckdb.Error):
+                raise LogError(f"could not commit to the log {self.path}: {_first_line(e)}") from e
+            raise
+        self.after_transaction()
+
+    def rollback(self) -> None:
+        self.depth = 0
+        try:
+            self.conn.execute("ROLLBACK")
+        except BaseException:
+            self.reset()  # dropping the connection rolls back too
+            return
+        self.after_transaction()
+
+    def after_transaction(self) -> None:
+        if self.linger <= 0 or self.waiter_present():
+            self.release()
+            return
+        self.idle_deadline = time.monotonic() + self.linger
+        self.start_linger_thread()
+
+    # -- the lease -------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Take the flock, create/validate the log if needed, ATTACH it read-write."""
+        deadline = time.monotonic() + self.lock_timeout
+        self.open_sidecars()
+        self.take_flock(deadline)
+        try:
+            self.write_identity()
+            self.check_generation()
+            if self.conn is None:
+                self.conn = _connect()
+            if not self.validated or not self.path.exists():
+                self.prepare(deadline)
+            self.attach(read_only=False, deadline=deadline)
+        except duckdb.Error as e:  # not an expected condition: start over with a new connection
+            self.reset()
+            raise LogError(f"cannot open the log {self.path}: {_first_line(e)}") from e
+        except BaseException:
+            if self.attached:
+                with suppress(duckdb.Error):
+                    self.detach()
+            self.unlock()
+            raise
+        self.cond.notify_all()
+
+    def release(self) -> None:
+        """DETACH (checkpoints) then unlock. Order matters: the file must be closed first."""
+        if self.attached and self.deferred:
+            self.flush_deferred()
+        if self.attached:
+            try:
+                self.detach()
+            except duckdb.Error:
+                self.reset()
+        self.unlock()
+
+    def reset(self) -> None:
+        """After an unexpected DuckDB failure: drop the connection (a new one is made later)."""
+        self.depth = 0
+        conn, self.conn, self.attached = self.conn, None, False
+        if conn is not None:
+            with suppress(duckdb.Error):
+                conn.close()
+        self.unlock()
+
+    def open_sidecars(self) -> None:
+        if self.lock_fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self.wait_fd = os.open(f"{self.path}.wait", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            self.close_fds()
+            raise LogError(
+                f"cannot create the lock files beside the log {self.path}: {e.strerror}; "
+                "check the directory's permissions or point NBDURABLE_LOG elsewhere"
+            ) from e
+
+    def take_flock(self, deadline: float) -> None:
+        others_wait = self.waiter_present()
+        if not others_wait and _try_flock(self.lock_fd, fcntl.LOCK_EX):
+            self.flocked = True
+            return
+        if others_wait:
+            self.yield_to_waiters(deadline)
+        waiting = False
+        backoff = _Backoff()
+        try:
+            while True:
+                if not waiting:
+                    waiting = _try_flock(self.wait_fd, fcntl.LOCK_SH)
+                if _try_flock(self.lock_fd, fcntl.LOCK_EX):
+                    break
+                if time.monotonic() >= deadline:
+                    raise LogBusyError(self.busy_message())
+                backoff.sleep(deadline)
+        finally:
+            if waiting:
+                fcntl.flock(self.wait_fd, fcntl.LOCK_UN)
+        self.flocked = True
+
+    def yield_to_waiters(self, deadline: float) -> None:
+        """Others already wait: let one of them take the lease first (bounded by a grace time)."""
+        until = min(deadline, time.monotonic() + _YIELD_GRACE)
+        while self.waiter_present() and time.monotonic() < until:
+            time.sleep(_YIELD_POLL)
+
+    def waiter_present(self) -> bool:
+        """Whether another process (or LogDB) holds ``LOCK_SH`` on ``.wait``. Never blocks."""
+        if self.wait_fd is None:
+            return False
+        if not _try_flock(self.wait_fd, fcntl.LOCK_EX):
+            return True
+        fcntl.flock(self.wait_fd, fcntl.LOCK_UN)
+        return False
+
+    def unlock(self) -> None:
+        if self.flocked:
+            self.flocked = False
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    def write_identity(self) -> None:
+        """Tell waiters who holds the lease (for their error message only: failures are ignored)."""
+        data = f"{os.getpid()} {_HOST} {_program()}".encode("utf-8", "replace")
+        data = data[: _GENERATION_AT - 1].ljust(_GENERATION_AT - 1) + b"\n"
+        with suppress(OSError):
+            os.pwrite(self.lock_fd, data, 0)
+
+    def read_generation(self) -> int:
+        try:
+            raw = os.pread(self.lock_fd, _GENERATION_LEN, _GENERATION_AT)
+            return int(raw) if raw.strip() else 0
+        except (OSError, ValueError):
+            return -1  # unreadable: treat as "someone else wrote"
+
+    def check_generation(self) -> None:
+        """Under the flock: did another process write since this one last held the lease?"""
+        generation = self.read_generation()
+        if generation != self.seen_generation or generation < 0:
+            self.epoch += 1
+            self.seen_generation = generation
+
+    def bump_generation(self) -> None:
+        """Before a write commits: tell other processes their caches may be stale."""
+        generation = max(self.read_generation(), 0) + 1
+        with suppress(OSError):
+            os.pwrite(self.lock_fd, b"%0*d" % (_GENERATION_LEN, generation), _GENERATION_AT)
+        self.seen_generation = generation
+
+    def run_deferred(self) -> None:
+        """Inside an open transaction: write the queued bookkeeping rows."""
+        pending, self.deferred = self.deferred, []
+        for sql, params in pending:
+            self.conn.execute(sql, params)
+
+    def flush_deferred(self) -> None:
+        """Before giving the lease back: deferred rows in one transaction (best effort)."""
+        try:
+            self.conn.execute("BEGIN TRANSACTION")
+            self.run_deferred()
+            self.bump_generation()
+            self.conn.execute("COMMIT")
+        except duckdb.Error:
+            self.deferred = []
+            with suppress(duckdb.Error):
+                self.conn.execute("ROLLBACK")
+
+    def busy_message(self) -> str:
+        try:
+            raw = os.pread(self.lock_fd, _GENERATION_AT, 0).decode("utf-8", "replace")
+            words = raw.splitlines()[0].strip().split(" ", 2)
+        except (OSError, IndexError):
+            words = []
+        if len(words) == 3 and words[0].isdigit():
+            holder = f"PID {words[0]} on {words[1]} ({words[2]})"
+        else:
+            holder = "another process"
+        if words[:2] == [str(os.getpid()), _HOST]:
+            return (
+                f"could not get the log {self.path} within {self.lock_timeout:g} s: another LogDB of this "
+                f"process (PID {words[0]}) holds it; share one per log with nbdurable.logdb.open_log()"
+            )
+        return (
+            f"could not get the log {self.path} within {self.lock_timeout:g} s: it is held by "
+            f"{holder}; let that process finish or stop it, or raise the lock timeout"
+        )
+
+    # -- attaching -------------------------------------------------------------------------
+
+    def attach(self, *, read_only: bool, deadline: float) -> None:
+        """ATTACH the file as ``log`` and ``USE`` it; retry while a foreign process holds it."""
+        options = "TYPE duckdb, READ_ONLY" if read_only else "TYPE duckdb"
+        sql = f"ATTACH {_quote(self.path)} AS {ALIAS} ({options})"
+        backoff = _Backoff()
+        while True:
+            try:
+                self.conn.execute(sql)
+                break
+            except duckdb.Error as e:
+                foreign = _FOREIGN_LOCK.search(str(e))
+                if foreign is None and "Could not set lock" not in str(e):
+                    raise _attach_error(self.path, e) from e
+                if time.monotonic() >= deadline:
+                    raise LogBusyError(_foreign_message(self.path, self.lock_timeout, foreign)) from e
+                backoff.sleep(deadline)
+        self.attached = True
+        self.conn.execute(f"USE {ALIAS}")
+
+    def detach(self) -> None:
+        self.attached = False
+        self.conn.execute("USE memory")
+        self.conn.execute(f"DETACH {ALIAS}")
+
+    def prepare(self, deadline: float) -> None:
+        """Create the log if it is missing, then validate it (read-only). Holds the flock."""
+        if not os.path.lexists(self.path):
+            self.create()
+        _sniff(self.path)
+        self.attach(read_only=True, deadline=deadline)
+        try:
+            meta = self.read_meta()
+        finally:
+            self.detach()
+        _check_meta(self.path, meta)
+        self.validated = True
+
+    def read_meta(self) -> dict[str, str] | None:
+        try:
+            found = self.conn.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'nbdurable_meta'",
+                [ALIAS],
+            ).fetchone()[0]
+            if not found:
+                return None
+            rows = self.conn.execute("SELECT key, value FROM nbdurable_meta ORDER BY rowid").fetchall()
+        except duckdb.Error as e:
+            why = f"its nbdurable_meta table is unreadable: {_first_line(e)}"
+            raise NotALogError(_not_a_log(self.path, why)) from e
+        meta: dict[str, str] = {}
+        for key, value in rows:
+            meta.setdefault(key, value)
+        return meta
+
+    def create(self) -> None:
+        """Build a new log under a temporary name and publish it atomically with ``os.link``."""
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            self.build(tmp)
+            _fsync_file(tmp)
+            _publish(tmp, self.path)
+        except duckdb.Error as e:
+            raise LogError(f"cannot create the log {self.path}: {_first_line(e)}") from e
+        except OSError as e:
+            raise LogError(
+                f"cannot create the log {self.path}: {e.strerror or e}; "
+                "check the directory's permissions or point NBDURABLE_LOG elsewhere"
+            ) from e
+        finally:
+            for leftover in (tmp, Path(f"{tmp}.wal")):
+                with suppress(OSError):
+                    os.unlink(leftover)
+
+    def build(self, tmp: Path) -> None:
+        conn = self.conn
+        conn.execute(f"ATTACH {_quote(tmp)} AS nbdurable_new (TYPE duckdb)")
+        try:
+            conn.execute("USE nbdurable_new")
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                for ddl in schema.DDL:
+                    conn.execute(ddl)
+                conn.executemany("INSERT INTO nbdurable_meta VALUES (?, ?)", _meta_rows())
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.execute("USE memory")
+            conn.execute("DETACH nbdurable_new")
+
+    # -- the linger thread -----------------------------------------------------------------
+
+    def start_linger_thread(self) -> None:
+        if self.thread is None or not self.thread.is_alive():
+            name = f"nbdurable-linger {self.path.name}"
+            self.thread = threading.Thread(target=self.linger_loop, name=name, daemon=True)
+            self.thread.start()
+
+    def linger_loop(self) -> None:
+        """Detach once idle for ``linger`` seconds, or as soon as another process waits."""
+        with self.cond:
+            while not self.closed and self.pid == os.getpid():
+                if not self.attached:
+                    self.cond.wait()
+                    continue
+                remaining = self.idle_deadline - time.monotonic()
+                if self.depth == 0 and (remaining <= 0 or self.waiter_present()):
+                    try:
+                        self.release()
+                    except Exception:  # never die holding the lease
+                        self.reset()
+                    continue
+                self.cond.wait(min(remaining, _WAITER_POLL) if remaining > 0 else _WAITER_POLL)
+
+    # -- closing and forking ---------------------------------------------------------------
+
+    def close(self, wait: float | None = None) -> None:
+        """Release and close; the caller must not be inside a transaction."""
+        if self.pid != os.getpid():
+            self.abandon()
+            return
+        if not self.lock.acquire(timeout=self.lock_timeout if wait is None else wait):
+            raise LogBusyError(f"cannot close the log {self.path}: another thread of this process is using it")
+        try:
+            if self.closed:
+                return
+            if self.depth:
+                raise UsageError("close() cannot be called inside a transaction")
+            self.closed = True
+            try:
+                self.release()
+            finally:
+                if self.conn is not None:
+                    with suppress(duckdb.Error):
+                        self.conn.close()
+                    self.conn = None
+                self.close_fds()
+                self.cond.notify_all()
+        finally:
+            self.lock.release()
+
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's lease without touching its connection or locks."""
+        self.closed = True
+        self.flocked = self.attached = False
+        self.close_fds()  # closing our copies of the descriptors does not release the parent's flock
+        if self.conn is not None:
+            _leak(self.conn)
+            self.conn = None
+
+    def close_fds(self) -> None:
+        for fd in (self.lock_fd, self.wait_fd):
+            if fd is not None:
+                with suppress(OSError):
+                    os.close(fd)
+        self.lock_fd = self.wait_fd = None
+
+    def detach_for_fork(self) -> None:
+        """Before ``fork()``: give an idle lease back so the child can attach the log itself."""
+        # Bounded wait: the linger thread may be in the middle of a DETACH (milliseconds).
+        if self.pid != os.getpid() or not self.lock.acquire(timeout=_FORK_WAIT):
+            return
+        try:
+            if self.depth == 0 and not self.closed:
+                self.release()
+        except Exception:
+            pass
+        finally:
+            self.lock.release()
+
+
+_LIVE: weakref.WeakSet[_Lease] = weakref.WeakSet()
+_LEAKED: list[object] = []
+
+
+def _close_quietly(lease: _Lease) -> None:
+    with suppress(NbdurableError, OSError, duckdb.Error):
+        lease.close(wait=1.0)  # at interpreter exit, do not hang on a stuck daemon thread
+
+
+def _before_fork() -> None:
+    for _ in range(3):
+        try:
+            leases = list(_LIVE)
+            break
+        except RuntimeError:  # another thread created a LogDB meanwhile
+            leases = []
+    for lease in leases:
+        lease.detach_for_fork()
+
+
+def _after_fork_in_child() -> None:
+    global _REGISTRY_LOCK, _FORK_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    _FORK_LOCK = threading.Lock()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def _leak(obj: object) -> None:
+    """Keep ``obj`` alive forever: destroying a parent's DuckDB connection in a forked child
+    could checkpoint stale state into the parent's file."""
+    import ctypes
+
+    _LEAKED.append(obj)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+class _Backoff:
+    """Jittered exponential sleeps: 0.5 ms growing to 10 ms, never past the deadline."""
+
+    def __init__(self) -> None:
+        self.delay = _BACKOFF_START
+
+    def sleep(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        time.sleep(max(0.0, min(self.delay * random.uniform(0.5, 1.5), remaining)))
+        self.delay = min(self.delay * _BACKOFF_GROWTH, _BACKOFF_CAP)
+
+
+def _try_flock(fd: int, kind: int) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    config = {"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    return duckdb.connect(":memory:", config=config)
+
+
+def _resolve(path: str | os.PathLike[str]) -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except (TypeError, OSError) as e:
+        raise UsageError(f"invalid log path {path!r}: {e}") from None
+
+
+def _quote(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _not_a_log(path: Path, why: str) -> str:
+    return f"{path} is not an nbdurable log ({why}); point NBDURABLE_LOG at another file or delete it"
+
+
+def _sniff(path: Path) -> None:
+    """Reject files that are not DuckDB databases before DuckDB sees them (never writes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except IsADirectoryError:
+        raise NotALogError(_not_a_log(path, "it is a directory")) from None
+    except OSError as e:
+        raise LogError(f"cannot read the log {path}: {e.strerror or e}") from e
+    if not head:
+        raise NotALogError(_not_a_log(path, "it is an empty file"))
+    if head[8:12] != b"DUCK":
+        raise NotALogError(_not_a_log(path, "it is not a DuckDB database file"))
+
+
+def _check_meta(path: Path, meta: dict[str, str] | None) -> None:
+    if meta is None:
+        raise NotALogError(_not_a_log(path, "a DuckDB database without an nbdurable_meta table"))
+    if "format" not in meta:
+        raise NotALogError(_not_a_log(path, "its nbdurable_meta table has no format row"))
+    if meta["format"] != schema.FORMAT:
+        raise NotALogError(_not_a_log(path, f"its format is {meta['format']!r}, not {schema.FORMAT!r}"))
+    version = meta.get("schema_version", "")
+    if not version.isdigit():
+        raise NotALogError(_not_a_log(path, f"its schema_version {version!r} is not a number"))
+    if int(version) > schema.SCHEMA_VERSION:
+        raise LogVersionError(
+            f"the log {path} has schema version {version}, but this nbdurable reads versions up to "
+            f"{schema.SCHEMA_VERSION}; upgrade nbdurable (pip install -U nbdurable) to use it"
+        )
+
+
+def _attach_error(path: Path, e: duckdb.Error) -> NbdurableError:
+    text = str(e)
+    if "storage version" in text or "newer version of DuckDB" in text:
+        return LogVersionError(
+            f"the log {path} was written by a newer DuckDB than {duckdb.__version__} "
+            f"({_first_line(e)}); upgrade nbdurable and duckdb to use it"
+        )
+    if "not a valid DuckDB database" in text:
+        return NotALogError(_not_a_log(path, "it is not a DuckDB database file"))
+    if "Corrupt database" in text or "checksum" in text:
+        return LogCorruptError(
+            f"the log {path} is damaged ({_first_line(e)}); restore it from a backup, "
+            "or point NBDURABLE_LOG at another file"
+        )
+    if "Unique file handle conflict" in text:
+        return LogError(
+            f"the log {path} is already open in this process outside nbdurable's lease (a plain "
+            "duckdb connection, or this process was forked while its parent was writing the log); "
+            "close that connection, or start worker processes with the 'spawn' method"
+        )
+    return LogError(f"cannot open the log {path}: {_first_line(e)}")
+
+
+def _foreign_message(path: Path, timeout: float, found: re.Match[str] | None) -> str:
+    who = f"PID {found['pid']} ({found['exe']})" if found else "another program"
+    return (
+        f"could not get the log {path} within {timeout:g} s: {who} opened it outside nbdurable; "
+        "close that program's connection to it (for example a duckdb shell) and retry"
+    )
+
+
+def _meta_rows() -> list[tuple[str, str]]:
+    return [
+        ("format", schema.FORMAT),
+        ("schema_version", str(schema.SCHEMA_VERSION)),
+        ("created_at", datetime.now(timezone.utc).isoformat()),
+        ("created_by", _created_by()),
+    ]
+
+
+def _created_by() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"nbdurable {version('nbdurable')}"
+    except Exception:
+        pass
+    package = sys.modules.get(__package__ or "nbdurable")
+    found = getattr(package, "__version__", None)
+    return f"nbdurable {found}" if found else "nbdurable"
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Make ``tmp`` appear at ``path`` atomically, unless someone else published a log first."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return
+    except OSError:
+        if os.path.lexists(path):  # no hard links on this file system; we hold the lease
+            return
+        os.rename(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _program() -> str:
+    argv = sys.argv or [""]
+    name = os.path.basename(argv[0]) if argv[0] not in ("", "-c", "-m") else f"python {argv[0]}".strip()
+    return " ".join([name, *argv[1:]]).replace("\n", " ")[:80]
+
+
+_HOST = socket.gethostname().replace(" ", "_") or "localhost"

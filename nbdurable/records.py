@@ -1,0 +1,230 @@
+"""Every event nbdurable writes to the log and how it reads them back.
+
+Writers build a :data:`Statement` (one INSERT into ``events``) that the caller runs with
+``log.execute``: one statement is one atomic, cheap commit. Readers take a connection from
+``log.lease()`` or ``log.transaction()``.
+
+Inline payloads: an event's ``data`` column is the concatenation of its small payloads; its JSON
+``body`` says, for each, ``[hash, size, offset]`` (offset ``null``: the payload is in the blob
+file named ``hash``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import schema
+from .objects import StoredRef
+
+HOST = socket.gethostname()
+Statement = tuple[str, list]
+_INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+def now() -> datetime:
+    """The current time as a naive UTC timestamp (the log's convention)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class _Payloads:
+    """Packs several StoredRefs into one ``data`` column and JSON references to them."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, ref: StoredRef | None) -> list | None:
+        if ref is None:
+            return None
+        if ref.data is None:
+            return [ref.hash, ref.size, None]
+        self.parts.append(ref.data)
+        offset, self.size = self.size, self.size + len(ref.data)
+        return [ref.hash, ref.size, offset]
+
+    def data(self) -> bytes | None:
+        return b"".join(self.parts) if self.parts else None
+
+
+def _ref(spec: list | None, data: bytes | None) -> StoredRef | None:
+    if spec is None:
+        return None
+    hash_, size, offset = spec
+    inline = None if offset is None else bytes(data[offset: offset + size])
+    return StoredRef(hash_, size, inline)
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+def ensure_run(run: str, notebook: str | None) -> Statement:
+    """A run_created event unless the run has one."""
+    body = _dumps({"notebook": notebook, "pid": os.getpid(), "host": HOST})
+    return ("INSERT INTO events SELECT ?, NULL, NULL, ?, ?, ?, NULL WHERE NOT EXISTS"
+            " (SELECT 1 FROM events WHERE run = ? AND kind = ?)",
+            [run, schema.RUN_CREATED, now(), body, run, schema.RUN_CREATED])
+
+
+# -- attempts -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variable:
+    """What a completed attempt recorded for one name: kind value, module, deleted or
+    unstorable (``detail``: the module name, or why it could not be stored)."""
+
+    name: str
+    kind: str
+    ref: StoredRef | None = None
+    detail: str | None = None
+
+
+@dataclass
+class Attempt:
+    """One execution attempt of a step, with its outcome when it has one."""
+
+    run: str
+    step: str
+    attempt: int
+    status: str
+    source_hash: str
+    inputs: dict[str, str]
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    unstorable: dict[str, str] = field(default_factory=dict)
+    variables: list[Variable] | None = None
+    outputs: StoredRef | None = None
+
+
+def attempt_started(attempt: Attempt, *, source: str, forced: bool,
+                    reason: str | None) -> Statement:
+    body = {"source_hash": attempt.source_hash, "source": source, "inputs": attempt.inputs,
+            "forced": forced, "reason": reason, "pid": os.getpid(), "host": HOST}
+    return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.ATTEMPT_STARTED,
+                     attempt.started_at, _dumps(body), None]
+
+
+def attempt_finished(attempt: Attempt, *, error: dict | None) -> Statement:
+    """The outcome, with the variables the attempt produced: one row, so atomic."""
+    payloads = _Payloads()
+    variables = [[v.name, v.kind, v.detail, payloads.add(v.ref)]
+                 for v in attempt.variables or []]
+    body = {"status": attempt.status, "duration_s": attempt.duration_s,
+            "variables": variables, "outputs": payloads.add(attempt.outputs),
+            "unstorable": attempt.unstorable or {}, "error": error}
+    return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.ATTEMPT_FINISHED,
+                     attempt.finished_at, _dumps(body), payloads.data()]
+
+
+def run_attempts(con, run: str) -> list[Attempt]:
+    """Every attempt of a run in order; completed ones with their variables and outputs."""
+    rows = con.execute(
+        "SELECT step, attempt, kind, ts, body, data FROM events WHERE run = ? AND kind IN (?, ?)"
+        " ORDER BY rowid", [run, schema.ATTEMPT_STARTED, schema.ATTEMPT_FINISHED]).fetchall()
+    attempts: dict[tuple[str, int], Attempt] = {}
+    for step, number, kind, at, body, data in rows:
+        body = json.loads(body)
+        if kind == schema.ATTEMPT_STARTED:
+            attempts[step, number] = Attempt(run, step, number, "running", body["source_hash"],
+                                             body["inputs"], at)
+        elif (step, number) in attempts:
+            _finish(attempts[step, number], at, body, data)
+    return list(attempts.values())
+
+
+def _finish(attempt: Attempt, at: datetime, body: dict, data: bytes | None) -> None:
+    attempt.status, attempt.finished_at = body["status"], at
+    attempt.duration_s, attempt.unstorable = body["duration_s"], body["unstorable"]
+    if attempt.status == "completed":
+        attempt.variables = [Variable(name, kind, _ref(ref, data), detail)
+                             for name, kind, detail, ref in body["variables"]]
+        attempt.outputs = _ref(body["outputs"], data)
+
+
+def replayed(run: str, step: str, attempt: int) -> Statement:
+    """Bookkeeping: a completed attempt was replayed instead of executed."""
+    return _INSERT, [run, step, attempt, schema.REPLAYED, now(),
+                     _dumps({"pid": os.getpid()}), None]
+
+
+# -- @step calls --------------------------------------------------------------------------------
+
+def calls_of(con, run: str, step: str) -> dict[str, tuple[str, StoredRef]]:
+    """call key -> (fingerprint, result) of the latest completed call, for one step."""
+    rows = con.execute("SELECT body, data FROM events WHERE run = ? AND step = ? AND kind = ?"
+                       " ORDER BY rowid", [run, step, schema.CALL_COMPLETED]).fetchall()
+    calls = {}
+    for body, data in rows:
+        body = json.loads(body)
+        calls[body["key"]] = (body["fingerprint"], _ref(body["result"], data))
+    return calls
+
+
+def call_completed(*, run: str, step: str, attempt: int, key: str, fingerprint: str,
+                   result: StoredRef, started: datetime) -> Statement:
+    payloads = _Payloads()
+    body = {"key": key, "fingerprint": fingerprint, "result": payloads.add(result),
+            "started_at": started.isoformat()}
+    return _INSERT, [run, step, attempt, schema.CALL_COMPLETED, now(), _dumps(body),
+                     payloads.data()]
+
+
+# -- once ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OnceState:
+    """The latest event of a ``once`` key: status running, completed or failed."""
+
+    status: str
+    result: StoredRef | None
+    at: datetime
+    pid: int | None
+    host: str | None
+
+
+def once_state(con, run: str, key: str) -> OnceState | None:
+    row = con.execute(
+        "SELECT kind, ts, body, data FROM events WHERE run = ? AND kind IN (?, ?, ?)"
+        " AND body ->> 'key' = ? ORDER BY rowid DESC LIMIT 1",
+        [run, schema.ONCE_STARTED, schema.ONCE_FINISHED, schema.ONCE_RESET, key]).fetchone()
+    if row is None or row[0] == schema.ONCE_RESET:
+        return None
+    kind, at, body, data = row
+    body = json.loads(body)
+    status = "running" if kind == schema.ONCE_STARTED else body["status"]
+    return OnceState(status, _ref(body.get("result"), data), at, body.get("pid"),
+                     body.get("host"))
+
+
+def once_event(kind: str, run: str, key: str, *, step: str | None = None, status: str = "",
+               result: StoredRef | None = None, error: dict | None = None) -> Statement:
+    payloads = _Payloads()
+    body = {"key": key, "status": status, "result": payloads.add(result), "error": error,
+            "pid": os.getpid(), "host": HOST}
+    return _INSERT, [run, step, None, kind, now(), _dumps(body), payloads.data()]
+
+
+# -- reading for people -------------------------------------------------------------------------
+
+HISTORY_SQL = """
+SELECT run, step, status, attempt, started_at, finished_at, duration_s, reason, forced, error,
+       pid, host
+FROM attempts {where} ORDER BY started_at, run, step, attempt
+"""
+
+RUNS_SQL = """
+SELECT r.run, r.notebook, r.created_at, r.last_activity,
+       count(*) FILTER (WHERE a.status = 'completed') AS completed,
+       count(*) FILTER (WHERE a.status = 'failed') AS failed,
+       count(a.attempt) AS attempts
+FROM runs r LEFT JOIN attempts a USING (run)
+GROUP BY ALL ORDER BY r.last_activity DESC
+"""

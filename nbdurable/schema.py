@@ -1,0 +1,65 @@
+"""The versioned schema of the log database: one append-only table of events, and views.
+
+Every fact is an event row, never updated: a run was created, an attempt of a step started or
+finished, a step was replayed, a ``@step`` call or a ``once`` key completed. ``body`` is a JSON
+document with the event's fields; ``data`` holds small binary payloads inline (encoded values,
+recorded outputs) at the offsets ``body`` gives. Payloads larger than
+``nbdurable.objects.INLINE_LIMIT`` live in content-addressed files beside the log instead.
+
+A narrow table keeps each write to one cheap statement (about 1 ms on a held connection),
+and an append-only log never rewrites what it recorded. The views give people readable tables.
+Timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+FORMAT = "nbdurable-log"
+SCHEMA_VERSION = 1
+
+#: Event kinds.
+RUN_CREATED = "run_created"
+ATTEMPT_STARTED = "attempt_started"
+ATTEMPT_FINISHED = "attempt_finished"
+REPLAYED = "replayed"
+CALL_COMPLETED = "call_completed"
+ONCE_STARTED = "once_started"
+ONCE_FINISHED = "once_finished"
+ONCE_RESET = "once_reset"
+
+DDL: tuple[str, ...] = (
+    """CREATE TABLE nbdurable_meta (
+        key VARCHAR NOT NULL,
+        value VARCHAR NOT NULL
+    )""",
+    """CREATE TABLE events (
+        run VARCHAR NOT NULL,
+        step VARCHAR,
+        attempt INTEGER,
+        kind VARCHAR NOT NULL,
+        ts TIMESTAMP NOT NULL,
+        body VARCHAR NOT NULL,
+        data BLOB
+    )""",
+    # One row per execution attempt of a step; status is running until it finished.
+    """CREATE VIEW attempts AS
+    SELECT s.run, s.step, s.attempt,
+           coalesce(f.body ->> 'status', 'running') AS status,
+           s.ts AS started_at, f.ts AS finished_at,
+           CAST(f.body ->> 'duration_s' AS DOUBLE) AS duration_s,
+           s.body ->> 'reason' AS reason,
+           CAST(s.body ->> 'forced' AS BOOLEAN) AS forced,
+           f.body ->> '$.error.ename' AS error,
+           f.body ->> '$.error.evalue' AS error_message,
+           s.body ->> 'source' AS source,
+           CAST(s.body ->> 'pid' AS INTEGER) AS pid,
+           s.body ->> 'host' AS host
+    FROM events s
+    LEFT JOIN events f ON f.kind = 'attempt_finished' AND f.run = s.run AND f.step = s.step
+        AND f.attempt = s.attempt
+    WHERE s.kind = 'attempt_started'""",
+    """CREATE VIEW runs AS
+    SELECT run,
+           arg_min(body ->> 'notebook', ts) FILTER (WHERE kind = 'run_created') AS notebook,
+           min(ts) AS created_at, max(ts) AS last_activity
+    FROM events GROUP BY run""",
+)

@@ -1,0 +1,99 @@
+"""Which log file and which run: explicit settings, environment, then the notebook's identity.
+
+Resolution order, first match wins.
+
+Log file:
+    ``configure(log=...)`` > ``NBDURABLE_LOG`` > ``.nbdurable/log.duckdb`` under the working
+    directory of the kernel.
+
+Run id:
+    ``configure(run=...)`` (also ``%durable_run RUN``) > ``NBDURABLE_RUN`` > a string variable
+    ``run_id`` in the namespace (a papermill parameter) > the notebook's file name, taken from
+    VS Code's ``__vsc_ipynb_file__`` or Jupyter's ``__session__`` / ``JPY_SESSION_NAME`` >
+    ``"default"``. A restarted kernel of the same notebook therefore finds its run again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_LOG = Path(".nbdurable") / "log.duckdb"
+DEFAULT_RUN = "default"
+MAX_RUN_LENGTH = 200
+
+
+@dataclass
+class Settings:
+    log: str | None = None
+    run: str | None = None
+
+
+#: What ``configure`` set in this process (like ``logging.basicConfig``: process-wide by design).
+_configured = Settings()
+
+
+def configure(*, log: str | os.PathLike | None = None, run: str | None = None) -> None:
+    """Set the log file and/or the run id for this process (``None`` leaves a setting as is)."""
+    if log is not None:
+        _configured.log = str(_check_log_path(Path(log)))
+    if run is not None:
+        _configured.run = check_run_id(run)
+
+
+def reset() -> None:
+    """Forget what ``configure`` set (back to environment and defaults)."""
+    _configured.log = None
+    _configured.run = None
+
+
+def log_path() -> Path:
+    """The absolute path of the log file to use."""
+    raw = _configured.log or os.environ.get("NBDURABLE_LOG") or str(DEFAULT_LOG)
+    return _check_log_path(Path(raw).expanduser())
+
+
+def run_id(namespace: Mapping[str, object] | None = None) -> str:
+    """The run id to use, given the notebook's namespace (for its identity)."""
+    if _configured.run:
+        return _configured.run
+    env = os.environ.get("NBDURABLE_RUN")
+    if env:
+        return check_run_id(env, source="NBDURABLE_RUN")
+    ns = namespace or {}
+    param = ns.get("run_id")
+    if isinstance(param, str) and param:
+        return check_run_id(param, source="the run_id parameter")
+    notebook = notebook_path(ns)
+    return Path(notebook).name if notebook else DEFAULT_RUN
+
+
+def notebook_path(namespace: Mapping[str, object]) -> str | None:
+    """The notebook's path as the front end told the kernel, if it did."""
+    for value in (namespace.get("__vsc_ipynb_file__"), namespace.get("__session__"),
+                  os.environ.get("JPY_SESSION_NAME")):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def check_run_id(run: object, *, source: str = "the run id") -> str:
+    if not isinstance(run, str) or not run.strip():
+        raise ConfigError(f"{source} must be a non-empty string, got {run!r}")
+    run = run.strip()
+    if len(run) > MAX_RUN_LENGTH or any(ord(c) < 32 for c in run):
+        raise ConfigError(f"{source} {run[:40]!r}... is not usable: keep it under "
+                          f"{MAX_RUN_LENGTH} printable characters")
+    return run
+
+
+def _check_log_path(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    if path.is_dir():
+        raise ConfigError(f"log path {path} is a directory; give a file path such as "
+                          f"{path / 'log.duckdb'}")
+    return path

@@ -1,0 +1,242 @@
+"""Checkpointed calls inside a durable cell (``@step``) and at-most-once side effects (``once``).
+
+``@step``: each call made while a durable cell executes is keyed by the function's name and its
+call order in the cell (``fetch#0``, ``fetch#1``...). When the cell executes again (after a
+crash, or because its checkpoint could not hold a variable), a call whose function and arguments
+are unchanged returns its recorded result without running. ``--force`` runs the calls again.
+Outside a durable cell a step function is an ordinary function.
+
+``once(key, fn, ...)``: ``fn`` runs at most once per run and key, whatever happens to the cells
+around it. The start is committed before ``fn`` runs; if the process dies before the outcome is
+recorded, nbdurable cannot know whether the side effect happened and raises
+:class:`~nbdurable.errors.OnceInDoubtError` until :func:`once_resolve` or :func:`once_reset`
+says what to do. An exception raised by ``fn`` is recorded and a later call runs ``fn`` again.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import xxhash
+
+from . import context, objects, records, serializer, settings
+from .errors import OnceInDoubtError, StepError, UnstorableValueWarning, UsageError
+from .fingerprint import fingerprint
+from .schema import ONCE_FINISHED, ONCE_RESET, ONCE_STARTED
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def step(fn: F) -> F:
+    """Decorate a function so that its calls inside a durable cell are checkpointed."""
+    if not callable(fn):
+        raise UsageError(f"@nbdurable.step decorates a function, got {type(fn).__name__}")
+    if inspect.iscoroutinefunction(fn):
+        return _AsyncStepFunction(fn)  # type: ignore[return-value]
+    return _StepFunction(fn)  # type: ignore[return-value]
+
+
+class _StepFunction:
+    """The callable ``@step`` returns. Pickles as ``step(fn)``."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+
+    def __reduce__(self):
+        return (step, (self._fn,))
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else functools.partial(self, obj)
+
+    def __repr__(self) -> str:
+        return f"<nbdurable step {self._fn.__qualname__}>"
+
+    def __call__(self, *args, **kwargs):
+        call = _Call.begin(self._fn, args, kwargs)
+        if call is None:
+            return self._fn(*args, **kwargs)
+        if call.has_recorded:
+            return call.recorded()
+        return call.finish(self._fn(*args, **kwargs))
+
+
+class _AsyncStepFunction(_StepFunction):
+    async def __call__(self, *args, **kwargs):
+        call = _Call.begin(self._fn, args, kwargs)
+        if call is None:
+            return await self._fn(*args, **kwargs)
+        if call.has_recorded:
+            return call.recorded()
+        return call.finish(await self._fn(*args, **kwargs))
+
+
+class _Call:
+    """One checkpointed call: look up its record, or run it and record the result."""
+
+    def __init__(self, ctx: context.StepContext, key: str, fp: str):
+        self.ctx, self.key, self.fp = ctx, key, fp
+        self.started = records.now()
+        self._recorded: objects.StoredRef | None = None
+
+    @classmethod
+    def begin(cls, fn, args, kwargs) -> _Call | None:
+        ctx = context.current()
+        if ctx is None:
+            return None
+        call = cls(ctx, ctx.next_call_key(fn.__qualname__), _call_fingerprint(fn, args, kwargs))
+        if not ctx.force:
+            found = _recorded_calls(ctx).get(call.key)
+            if found is not None and found[0] == call.fp:
+                call._recorded = found[1]
+        return call
+
+    @property
+    def has_recorded(self) -> bool:
+        return self._recorded is not None
+
+    def recorded(self) -> Any:
+        ref = self._recorded
+        return objects.load_value(self.ctx.log.blobs, ref.hash, ref.data, self.ctx.namespace)
+
+    def finish(self, result: Any) -> Any:
+        try:
+            packed = serializer.pack(result, main_globals=self.ctx.namespace)
+        except serializer.Unstorable as exc:
+            warnings.warn(f"step call {self.key} returned a value nbdurable cannot store "
+                          f"({exc.reason}); it will run again on re-execution",
+                          UnstorableValueWarning, stacklevel=3)
+            return result
+        ref = objects.store_packed(self.ctx.log.blobs, packed)
+        self.ctx.log.execute(*records.call_completed(
+            run=self.ctx.run, step=self.ctx.step, attempt=self.ctx.attempt, key=self.key,
+            fingerprint=self.fp, result=ref, started=self.started))
+        return result
+
+
+def _recorded_calls(ctx: context.StepContext) -> dict:
+    """The step's recorded calls, read once per execution (calls add nothing to it meanwhile
+    that this execution could reuse: keys are unique within an execution)."""
+    if ctx.calls is None:
+        with ctx.log.lease() as con:
+            ctx.calls = records.calls_of(con, ctx.run, ctx.step)
+    return ctx.calls
+
+
+def _call_fingerprint(fn, args, kwargs) -> str:
+    """Changes when the function's code or any argument changes."""
+    ns = _main_namespace()
+    parts = [fingerprint(fn, ns)[0]]
+    parts += [fingerprint(a, ns)[0] for a in args]
+    parts += [f"{k}={fingerprint(v, ns)[0]}" for k, v in sorted(kwargs.items())]
+    return xxhash.xxh3_128_hexdigest(json.dumps(parts).encode())
+
+
+def _main_namespace() -> dict | None:
+    ctx = context.current()
+    if ctx is not None and ctx.namespace is not None:
+        return ctx.namespace
+    main = sys.modules.get("__main__")
+    return getattr(main, "__dict__", None)
+
+
+# -- once -----------------------------------------------------------------------------------
+
+def _where(run: str | None, log) -> tuple[Any, str]:
+    """The log and run a ``once`` key belongs to: the active step's, else the configured ones."""
+    from .logdb import open_log
+
+    ctx = context.current()
+    if log is None:
+        log = ctx.log if ctx is not None else open_log(settings.log_path())
+    elif not hasattr(log, "transaction"):
+        log = open_log(log)
+    if run is None:
+        run = ctx.run if ctx is not None else settings.run_id(_main_namespace())
+    return log, run
+
+
+def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Run ``fn(*args, **kwargs)`` at most once per run for ``key``; return its recorded result."""
+    if not isinstance(key, str) or not key:
+        raise UsageError(f"once() needs a non-empty string key, got {key!r}")
+    if not callable(fn):
+        raise UsageError(f"once({key!r}, fn) needs a callable fn, got {type(fn).__name__}")
+    log, run = _where(None, None)
+    ctx = context.current()
+    with log.transaction() as con:
+        state = records.once_state(con, run, key)
+        if state is not None and state.status == "completed":
+            return _once_result(log, state)
+        if state is not None and state.status == "running":
+            raise _in_doubt(key, state)
+        con.execute(*records.once_event(ONCE_STARTED, run, key, step=ctx and ctx.step))
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        log.execute(*records.once_event(ONCE_FINISHED, run, key, status="failed", error={
+            "ename": type(exc).__name__, "evalue": str(exc)}))
+        raise
+    _record_once(log, run, key, result)
+    return result
+
+
+def _record_once(log, run: str, key: str, result: Any) -> None:
+    try:
+        ref = objects.store_packed(log.blobs, serializer.pack(result,
+                                                                main_globals=_main_namespace()))
+    except serializer.Unstorable as exc:
+        warnings.warn(f"once({key!r}) returned a value nbdurable cannot store ({exc.reason}); "
+                      "later calls return None", UnstorableValueWarning, stacklevel=3)
+        ref = None
+    log.execute(*records.once_event(ONCE_FINISHED, run, key, status="completed", result=ref))
+
+
+def _once_result(log, state: records.OnceState) -> Any:
+    if state.result is None:
+        return None
+    return objects.load_value(log.blobs, state.result.hash, state.result.data, _main_namespace())
+
+
+def _in_doubt(key: str, state: records.OnceState) -> StepError:
+    if state.host == records.HOST and state.pid is not None and _alive(state.pid):
+        return StepError(f"once({key!r}) is running in process {state.pid} since "
+                         f"{state.at:%Y-%m-%d %H:%M:%S} UTC; wait for it to finish")
+    return OnceInDoubtError(
+        f"once({key!r}) started at {state.at:%Y-%m-%d %H:%M:%S} UTC but its process died "
+        f"before recording the outcome, so it may or may not have happened; check, then call "
+        f"nbdurable.once_resolve({key!r}, result) or nbdurable.once_reset({key!r})")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def once_reset(key: str, *, run: str | None = None, log=None) -> bool:
+    """Forget ``key`` so that the next ``once`` runs again. True if there was a record."""
+    log, run = _where(run, log)
+    with log.transaction() as con:
+        existed = records.once_state(con, run, key) is not None
+        con.execute(*records.once_event(ONCE_RESET, run, key))
+    return existed
+
+
+def once_resolve(key: str, result: Any = None, *, run: str | None = None, log=None) -> None:
+    """Record that ``key`` happened with ``result``: later ``once`` calls return it."""
+    log, run = _where(run, log)
+    _record_once(log, run, key, result)

@@ -1,0 +1,198 @@
+"""Real IPython kernels for tests: started with jupyter_client, driven over ZMQ, killed with SIGKILL.
+
+Nothing here fakes a kernel: each :class:`Kernel` is a separate ``ipykernel`` process running the
+installed nbdurable, with its own environment (log file, run id) and working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+from traitlets.config import Config
+
+STARTUP_TIMEOUT = 60
+CELL_TIMEOUT = 120
+
+
+@dataclass
+class Reply:
+    """What one execute request produced: IOPub outputs in order, and the shell reply."""
+
+    status: str
+    execution_count: int | None
+    outputs: list[dict] = field(default_factory=list)
+    ename: str | None = None
+    evalue: str | None = None
+    traceback: list[str] = field(default_factory=list)
+
+    def stream(self, name: str = "stdout") -> str:
+        return "".join(m["content"]["text"] for m in self.outputs
+                       if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
+    def of_type(self, msg_type: str) -> list[dict]:
+        return [m["content"] for m in self.outputs if m["msg_type"] == msg_type]
+
+    @property
+    def result(self) -> dict | None:
+        results = self.of_type("execute_result")
+        return results[-1] if results else None
+
+    def notices(self) -> list[dict]:
+        return [c["metadata"]["nbdurable"] for c in self.of_type("display_data")
+                if "nbdurable" in (c.get("metadata") or {})]
+
+    def texts(self) -> str:
+        """Everything a reader would see, as plain text."""
+        parts = []
+        for m in self.outputs:
+            c = m["content"]
+            if m["msg_type"] == "stream":
+                parts.append(c["text"])
+            elif m["msg_type"] in ("display_data", "execute_result"):
+                parts.append(c["data"].get("text/plain", "") + "\n")
+            elif m["msg_type"] == "error":
+                parts.append(f"{c['ename']}: {c['evalue']}\n")
+        return "".join(parts)
+
+
+def ipc_prefix() -> str:
+    """Unix sockets (no TCP ports) at an absolute path: kernels run in other directories."""
+    return os.path.join(tempfile.mkdtemp(prefix="nbd-"), "k")
+
+
+def kernel_env(workdir: Path, **extra: str) -> dict[str, str]:
+    # PYTEST_CURRENT_TEST would make ipykernel skip forwarding fd 1/2 (subprocess output).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.pop("NBDURABLE_RUN", None)
+    env.pop("NBDURABLE_LOG", None)
+    env.pop("JPY_SESSION_NAME", None)
+    env.update({"NBDURABLE_LOG": str(workdir / "log.duckdb"), "NBDURABLE_RUN": "test-run",
+                "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+    env.update(extra)
+    return env
+
+
+class Kernel:
+    """One running ipykernel process."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None,
+                 kernel_name: str = "python3"):
+        self.workdir = workdir
+        self.km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=ipc_prefix())
+        self.km.start_kernel(cwd=str(workdir), env=env or kernel_env(workdir))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        self.pid = int(self.execute("import os; print(os.getpid())").stream().strip())
+
+    def execute(self, code: str, timeout: float = CELL_TIMEOUT) -> Reply:
+        """Run ``code`` as a cell and wait until the kernel is idle again."""
+        msg_id = self.kc.execute(code, store_history=True)
+        outputs = self._collect(msg_id, timeout)
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = self.kc.get_shell_msg(timeout=timeout)
+        content = reply["content"]
+        return Reply(content["status"], content.get("execution_count"), outputs,
+                     content.get("ename"), content.get("evalue"), content.get("traceback", []))
+
+    def execute_until_death(self, code: str, timeout: float = CELL_TIMEOUT) -> None:
+        """Run ``code``, which is expected to kill the kernel; wait until the process is gone."""
+        self.kc.execute(code, store_history=True)
+        self.wait_dead(timeout)
+
+    def wait_dead(self, timeout: float = CELL_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.km.is_alive():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"kernel {self.pid} still alive after {timeout}s")
+
+    def _collect(self, msg_id: str, timeout: float) -> list[dict]:
+        outputs = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no idle status for {msg_id} in {timeout}s")
+            try:
+                msg = self.kc.get_iopub_msg(timeout=remaining)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "status" and msg["content"]["execution_state"] == "idle":
+                return outputs
+            if kind in ("stream", "display_data", "execute_result", "error", "clear_output",
+                        "update_display_data"):
+                outputs.append({"msg_type": kind, "content": msg["content"]})
+
+    def sigkill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        self.wait_dead()
+
+    def shutdown(self) -> None:
+        try:
+            self.kc.stop_channels()
+        finally:
+            if self.km.has_kernel:
+                self.km.shutdown_kernel(now=True)
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def notebook(*sources: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    return nb
+
+
+def run_notebook(nb: nbformat.NotebookNode, workdir: Path, env: dict[str, str] | None = None,
+                 allow_errors: bool = False) -> nbformat.NotebookNode:
+    """Run All in a fresh kernel with nbclient; returns the executed notebook."""
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = ipc_prefix()
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", config=config,
+                            allow_errors=allow_errors,
+                            resources={"metadata": {"path": str(workdir)}})
+    client.execute(env=env or kernel_env(workdir))
+    return nb
+
+
+def cell_text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out["output_type"] == "stream":
+            parts.append(out["text"])
+        elif out["output_type"] in ("display_data", "execute_result"):
+            parts.append(out["data"].get("text/plain", "") + "\n")
+        elif out["output_type"] == "error":
+            parts.append(f"{out['ename']}: {out['evalue']}\n")
+    return "".join(parts)
+
+
+def count(path: Path) -> int:
+    """Lines in a side-effect counter file (one line appended per execution)."""
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+PYTHON = sys.executable

@@ -1,0 +1,103 @@
+"""Encoding values: out-of-band buffers, notebook functions with live globals, refusals."""
+
+import io
+import pickle
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nbdurable import serializer
+
+
+def roundtrip(value, ns=None, via_file=False):
+    packed = serializer.pack(value, main_globals=ns)
+    data = packed.to_bytes()
+    assert len(data) == packed.size
+    with serializer.loading_into(ns):
+        if via_file:
+            return serializer.unpack_file(io.BytesIO(data))
+        return serializer.unpack_bytes(data)
+
+
+def test_plain_values_roundtrip_and_digest_is_stable():
+    value = {"a": [1, 2.5, "x"], "b": (None, True), "c": b"bytes"}
+    assert roundtrip(value) == value
+    assert serializer.pack(value).digest == serializer.pack(dict(value)).digest
+    assert serializer.pack(value).digest != serializer.pack({**value, "a": [1]}).digest
+
+
+@pytest.mark.parametrize("via_file", [False, True])
+def test_large_arrays_go_out_of_band_and_come_back_writable(via_file):
+    arr = np.arange(1_000_000, dtype=np.float64)
+    packed = serializer.pack(arr)
+    assert len(packed.chunks) == 3  # header, stream, one raw buffer
+    assert packed.chunks[2].nbytes == arr.nbytes
+    back = roundtrip(arr, via_file=via_file)
+    assert np.array_equal(back, arr) and back.flags.writeable
+    back[0] = 5  # in-place changes after a restore must work
+
+
+def test_dataframes_roundtrip():
+    df = pd.DataFrame({"a": np.arange(100_000), "b": ["x"] * 100_000})
+    pd.testing.assert_frame_equal(roundtrip(df, via_file=True), df)
+
+
+def test_notebook_functions_use_the_live_namespace():
+    ns = {"__name__": "__main__"}
+    exec("rate = 2\ndef f(x):\n    return x * rate\n"
+         "def outer():\n    y = 5\n    def inner():\n        return y + rate\n    return inner\n"
+         "inner = outer()\nclass K:\n    def m(self):\n        return rate + 1\n", ns)
+    target = {"__name__": "__main__", "rate": 100}
+    packed = serializer.pack([ns["f"], ns["inner"], ns["K"]()], main_globals=ns)
+    with serializer.loading_into(target):
+        f, inner, k = serializer.unpack_bytes(packed.to_bytes())
+    assert f.__globals__ is target
+    assert (f(1), inner(), k.m()) == (100, 105, 101)
+    target["rate"] = 1
+    assert f(3) == 3
+    assert "rate" in target and target["rate"] == 1  # restoring did not clobber the namespace
+
+
+def test_function_digest_does_not_depend_on_values_of_globals():
+    ns = {"__name__": "__main__"}
+    exec("big = list(range(10))\ndef f():\n    return big\n", ns)
+    d1 = serializer.pack(ns["f"], main_globals=ns).digest
+    ns["big"] = [0]
+    assert serializer.pack(ns["f"], main_globals=ns).digest == d1
+
+
+@pytest.mark.parametrize("value, words", [
+    (threading.Lock(), "lock"),
+    ((i for i in range(3)), "generator"),
+])
+def test_unstorable_values_say_why(value, words):
+    with pytest.raises(serializer.Unstorable) as info:
+        serializer.pack(value)
+    assert words in info.value.reason
+
+
+def test_open_files_are_refused(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("hi")
+    with open(path) as fh, pytest.raises(serializer.Unstorable, match="open file"):
+        serializer.pack(fh)
+
+
+def test_bad_magic_and_truncation_are_errors():
+    with pytest.raises(ValueError, match="magic"):
+        serializer.unpack_bytes(b"XXXX" + b"\0" * 12)
+    data = serializer.pack(np.arange(100_000)).to_bytes()
+    with pytest.raises(ValueError, match="truncated"):
+        serializer.unpack_file(io.BytesIO(data[:-10]))
+
+
+def test_pickle_of_unpicklable_object_in_reduce_is_unstorable():
+    class Bad:
+        def __reduce__(self):
+            raise RuntimeError("nope")
+
+    with pytest.raises(serializer.Unstorable, match="nope"):
+        serializer.pack(Bad())
+    assert pickle.loads(pickle.dumps(1)) == 1
