@@ -25,6 +25,7 @@ from . import analysis, context, faults, objects, records, settings
 from .errors import UnstorableValueWarning
 from .fingerprint import Tracker, fingerprint, module_fingerprint
 from .logdb import LogDB, open_log
+from .journal import Journal
 from .runindex import RunIndex
 
 
@@ -75,6 +76,7 @@ class Execution:
 
     decision: Decision
     attempt: records.Attempt
+    started: records.Statement
     clock: float
     before: dict[str, Any]
     step_context: context.StepContext
@@ -104,6 +106,7 @@ class Engine:
         self.tracker = Tracker(namespace)
         self._runs_seen: set[tuple[str, str]] = set()
         self._indexes: dict[tuple[str, str], RunIndex] = {}
+        self._journals: dict = {}
 
     # -- deciding -------------------------------------------------------------------------------
     def where(self) -> tuple[LogDB, str]:
@@ -117,13 +120,18 @@ class Engine:
             index = self._indexes[key] = RunIndex(log, run)
         return index
 
+    def _journal(self, log: LogDB) -> Journal:
+        found = self._journals.get(log.path)
+        if found is None:
+            found = self._journals[log.path] = Journal(log.path)
+        return found
+
     def decide(self, spec: CellSpec) -> Decision:
         log, run = self.where()
         inputs = self.tracker.fingerprints(self._input_names(spec))
-        with log.lease() as con:
-            index = self._index(log, run)
-            index.refresh(con)
-            checkpoint, last = index.checkpoint(spec.name), index.last(spec.name)
+        index = self._index(log, run)
+        index.ensure()
+        checkpoint, last = index.checkpoint(spec.name), index.last(spec.name)
         reason = _why_execute(spec, inputs, checkpoint, last)
         return Decision(spec, log, run, inputs, checkpoint, reason, replay=reason is None
                         and checkpoint is not None)
@@ -167,18 +175,24 @@ class Engine:
         spec, log, run = decision.spec, decision.log, decision.run
         with log.lease() as con:
             index = self._index(log, run)
-            index.refresh(con)
+            index.ensure_locked(con)
             if (str(log.path), run) not in self._runs_seen:
-                log.execute(*records.ensure_run(run, settings.notebook_path(self.namespace)))
+                notebook = settings.notebook_path(self.namespace)
+                log.execute(*records.ensure_run(run, notebook), announce=False)
             attempt = records.Attempt(run, spec.name, index.next_number(spec.name), "running",
                                       spec.source_hash, decision.inputs, records.now())
-            log.execute(*records.attempt_started(attempt, source=spec.source,
-                                                 forced=spec.force, reason=decision.reason))
+            started = records.attempt_started(attempt, source=spec.source, forced=spec.force,
+                                              reason=decision.reason)
+            before = log.generation()
+            self._journal(log).started(started[1])  # survives a kill; 100x cheaper than a commit
+            log.announce_write()
             index.note(attempt)
+            index.wrote(before, log.generation())
         self._runs_seen.add((str(log.path), run))
         ns = self.namespace if isinstance(self.namespace, dict) else None
         ctx = context.StepContext(log, run, spec.name, attempt.attempt, spec.force, ns)
-        execution = Execution(decision, attempt, time.perf_counter(), dict(self.namespace), ctx)
+        execution = Execution(decision, attempt, started, time.perf_counter(),
+                              dict(self.namespace), ctx)
         execution.token = context.enter(ctx)
         return execution
 
@@ -202,8 +216,13 @@ class Engine:
         attempt.outputs = out_ref
         faults.crashpoint("before-commit")
         with log.lease():
-            log.execute(*records.attempt_finished(attempt, error=error))
-            self._index(log, attempt.run).note(attempt)
+            before = log.generation()
+            log.execute(*records.combine(execution.started,
+                                         records.attempt_finished(attempt, error=error)))
+            index = self._index(log, attempt.run)
+            index.note(attempt)
+            index.wrote(before, log.generation())
+        self._journal(log).finished()
         faults.crashpoint("after-commit")
         return Finished(attempt.status, attempt.attempt, attempt.duration_s, **result)
 

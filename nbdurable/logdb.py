@@ -24,12 +24,13 @@ process follows this protocol:
   already wait first lets them go (up to 50 ms), so a holder in a loop cannot starve them. No one
   ever blocks on either sidecar, so there is no deadlock.
 * **Write generation.** Bytes 256..275 of ``<log>.lock`` hold a counter that every writer
-  bumps, under the lease, *before* it commits. A process that takes the lease and finds another
-  value than it last saw knows someone else may have written: :attr:`LogDB.epoch` changes, and
-  caches of log contents keyed by it (the engine's index of a run) reload. While a process keeps
-  the lease (lingering), nobody else can write, so its caches stay valid for free.
+  bumps, under the lease, *before* it commits. State derived from the log at generation ``g``
+  (the engine's index of a run) is still true while :meth:`LogDB.generation` returns ``g``:
+  checking costs one ``pread``, no lock and no DuckDB.
+  Writes no cache depends on (bookkeeping, ``@step`` calls, ``once`` keys) may skip the bump.
 * **Deferred writes.** :meth:`LogDB.defer` queues best-effort bookkeeping rows (replays); they
-  are written with the next transaction or just before the lease is given back.
+  are written with the next transaction, just before the lease is given back, or by a
+  background thread shortly after if the process is not using the log.
 * **Opening.** A missing log is built under a temporary name, fsynced and published with
   ``os.link`` (atomic; if someone else published first, theirs is used). An existing file is
   sniffed, then ATTACHed ``READ_ONLY`` to check ``nbdurable_meta`` before it is ever attached
@@ -65,7 +66,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
+from typing import TYPE_CHECKING
 
 from . import schema
 from .blobs import BlobStore
@@ -79,6 +80,21 @@ from .errors import (
     UsageError,
 )
 
+if TYPE_CHECKING:
+    import duckdb
+else:
+    class _LazyDuckDB:
+        """``import duckdb`` costs ~0.1 s (and, in a kernel, its first connection imports
+        ipywidgets): pay it only when the log is really opened, not at ``import nbdurable``."""
+
+        def __getattr__(self, name: str):
+            import duckdb as module
+
+            globals()["duckdb"] = module
+            return getattr(module, name)
+
+    duckdb = _LazyDuckDB()
+
 __all__ = ["LogDB", "open_log"]
 
 ALIAS = "log"
@@ -89,6 +105,7 @@ _WAITER_POLL = 0.005  # how often a lingering holder looks for waiters
 _YIELD_GRACE = 0.05  # how long a newcomer lets earlier waiters go first
 _YIELD_POLL = 0.001
 _FORK_WAIT = 0.1  # how long a fork waits for the lease's lock to detach an idle lease
+_DEFER_DELAY = 1.0  # seconds before deferred rows are written by a process not using the log
 _GENERATION_AT = 256  # byte offset of the write generation in the .lock file
 _GENERATION_LEN = 20
 _FOREIGN_LOCK = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
@@ -124,17 +141,11 @@ class LogDB:
         """Whether :meth:`close` was called."""
         return self._lease.closed
 
-    @property
-    def epoch(self) -> int:
-        """Changes when another process may have written to the log since this one last held
-        the lease. Read it while holding the lease (inside :meth:`lease`)."""
-        return self._lease.epoch
-
     @contextmanager
     def lease(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the lease without a transaction: statements run in autocommit mode.
 
-        Use it to read (each query sees committed data) or to check :attr:`epoch`.
+        Use it to read (each query sees committed data), or to write with :meth:`execute`.
         """
         with self._locked() as lease:
             if lease.depth:
@@ -147,23 +158,61 @@ class LogDB:
             finally:
                 lease.after_transaction()
 
-    def execute(self, sql: str, params: list | None = None, *, write: bool = True) -> list[tuple]:
+    def execute(self, sql: str, params: list | None = None, *,
+                announce: bool = True) -> list[tuple]:
         """Run one statement as its own (autocommitted) transaction; return its rows.
 
-        One statement is atomic, and cheaper than BEGIN + statement + COMMIT.
+        One statement is atomic, and cheaper than BEGIN + statement + COMMIT. ``announce``
+        bumps the write generation first; pass False for reads, and for writes that no cache
+        derived from the log depends on (bookkeeping, @step calls, once keys).
         """
         with self.lease() as conn:
-            if write:
+            if announce:
                 self._lease.bump_generation()
             try:
                 return conn.execute(sql, params or []).fetchall()
             except duckdb.Error as e:
                 raise LogError(f"the log {self.path} refused a write: {_first_line(e)}") from e
 
+    def announce_write(self) -> None:
+        """Inside :meth:`lease`: tell other processes that their view of the log is stale
+        (for state kept beside the log, such as journals)."""
+        with self._locked() as lease:
+            if lease.attached:
+                lease.bump_generation()
+
     def defer(self, sql: str, params: list) -> None:
-        """Queue a best-effort write (bookkeeping a crash may lose harmlessly)."""
+        """Queue a best-effort write (bookkeeping a crash may lose harmlessly).
+
+        It is written with the next transaction, before the lease is given back, or by a
+        background thread about a second later if this process is not using the log.
+        """
         with self._locked() as lease:
             lease.deferred.append((sql, params))
+            if not lease.attached and lease.flush_due is None:
+                lease.flush_due = time.monotonic() + _DEFER_DELAY
+                lease.start_linger_thread()
+                lease.cond.notify_all()
+
+    def generation(self) -> int:
+        """The log's write generation now (no lock, no DuckDB: a read of the lock file).
+
+        Every write bumps it before committing, so state derived from the log at generation
+        ``g`` is still true while ``generation() == g``. -1 when it cannot be read.
+        """
+        with self._locked() as lease:
+            try:
+                lease.open_sidecars()
+            except LogError:
+                return -1
+            return lease.read_generation()
+
+    def before_release(self, callback) -> None:
+        """Call ``callback(generation)`` while still holding the lease, before giving it back
+        (to save derived state tagged with the generation it is true at)."""
+        with self._locked() as lease:
+            if callback not in lease.release_callbacks:
+                lease.release_callbacks.append(callback)
 
     @contextmanager
     def _locked(self) -> Iterator[_Lease]:
@@ -179,13 +228,14 @@ class LogDB:
             lease.lock.release()
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(self, *, announce: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the lease, BEGIN; COMMIT on success, ROLLBACK on exception.
 
         Yields the connection, whose default database is the log (unqualified table names).
         Re-entrant in the same thread: a nested ``transaction()`` joins the outer one, and only
         the outermost block commits or rolls back. Do not keep the connection after the block.
-        ``write=False`` promises the block only reads (other processes' caches stay valid).
+        ``announce=False``: the block changes nothing that caches of the log depend on (it
+        reads, or writes bookkeeping); see :meth:`execute`.
         """
         lease = self._current()
         if not lease.lock.acquire(timeout=self.lock_timeout):
@@ -204,8 +254,8 @@ class LogDB:
             lease.begin()
             try:
                 yield lease.conn
-                if write:
-                    lease.run_deferred()
+                lease.run_deferred()
+                if announce:
                     lease.bump_generation()
             except BaseException:
                 lease.rollback()
@@ -291,9 +341,9 @@ class _Lease:
         self.depth = 0
         self.idle_deadline = 0.0
         self.thread: threading.Thread | None = None
-        self.epoch = 0
-        self.seen_generation: int | None = None
         self.deferred: list[tuple[str, list]] = []
+        self.flush_due: float | None = None
+        self.release_callbacks: list = []
         _LIVE.add(self)
 
     # -- transactions ----------------------------------------------------------------------
@@ -344,7 +394,6 @@ class _Lease:
         self.take_flock(deadline)
         try:
             self.write_identity()
-            self.check_generation()
             if self.conn is None:
                 self.conn = _connect()
             if not self.validated or not self.path.exists():
@@ -365,6 +414,11 @@ class _Lease:
         """DETACH (checkpoints) then unlock. Order matters: the file must be closed first."""
         if self.attached and self.deferred:
             self.flush_deferred()
+        if self.attached:
+            generation = self.read_generation()
+            for callback in list(self.release_callbacks):
+                with suppress(Exception):  # derived state only: never block the release
+                    callback(generation)
         if self.attached:
             try:
                 self.detach()
@@ -452,19 +506,11 @@ class _Lease:
         except (OSError, ValueError):
             return -1  # unreadable: treat as "someone else wrote"
 
-    def check_generation(self) -> None:
-        """Under the flock: did another process write since this one last held the lease?"""
-        generation = self.read_generation()
-        if generation != self.seen_generation or generation < 0:
-            self.epoch += 1
-            self.seen_generation = generation
-
     def bump_generation(self) -> None:
         """Before a write commits: tell other processes their caches may be stale."""
         generation = max(self.read_generation(), 0) + 1
         with suppress(OSError):
             os.pwrite(self.lock_fd, b"%0*d" % (_GENERATION_LEN, generation), _GENERATION_AT)
-        self.seen_generation = generation
 
     def run_deferred(self) -> None:
         """Inside an open transaction: write the queued bookkeeping rows."""
@@ -476,8 +522,7 @@ class _Lease:
         """Before giving the lease back: deferred rows in one transaction (best effort)."""
         try:
             self.conn.execute("BEGIN TRANSACTION")
-            self.run_deferred()
-            self.bump_generation()
+            self.run_deferred()  # bookkeeping: no cache depends on it, the generation stays
             self.conn.execute("COMMIT")
         except duckdb.Error:
             self.deferred = []
@@ -610,7 +655,7 @@ class _Lease:
         with self.cond:
             while not self.closed and self.pid == os.getpid():
                 if not self.attached:
-                    self.cond.wait()
+                    self.flush_when_due()
                     continue
                 remaining = self.idle_deadline - time.monotonic()
                 if self.depth == 0 and (remaining <= 0 or self.waiter_present()):
@@ -620,6 +665,35 @@ class _Lease:
                         self.reset()
                     continue
                 self.cond.wait(min(remaining, _WAITER_POLL) if remaining > 0 else _WAITER_POLL)
+
+    def flush_on_close(self) -> None:
+        """Deferred rows at exit: try briefly to write them; never hang an exiting process."""
+        timeout, self.lock_timeout = self.lock_timeout, min(self.lock_timeout, 1.0)
+        try:
+            self.acquire()
+        except Exception:
+            self.deferred = []
+        finally:
+            self.lock_timeout = timeout
+
+    def flush_when_due(self) -> None:
+        """Not attached: wait, and write deferred rows once they are due (lease taken briefly)."""
+        if not self.deferred or self.flush_due is None:
+            self.flush_due = None
+            self.cond.wait()
+            return
+        remaining = self.flush_due - time.monotonic()
+        if remaining > 0:
+            self.cond.wait(remaining)
+            return
+        self.flush_due = None
+        try:
+            self.acquire()
+            self.release()
+        except Exception:  # best effort: bookkeeping is dropped rather than blocking anyone
+            self.deferred = []
+            with suppress(Exception):
+                self.unlock()
 
     # -- closing and forking ---------------------------------------------------------------
 
@@ -637,6 +711,8 @@ class _Lease:
                 raise UsageError("close() cannot be called inside a transaction")
             self.closed = True
             try:
+                if self.deferred and not self.attached:
+                    self.flush_on_close()
                 self.release()
             finally:
                 if self.conn is not None:
@@ -683,6 +759,9 @@ _LEAKED: list[object] = []
 
 
 def _close_quietly(lease: _Lease) -> None:
+    if lease.conn is None and not lease.flocked and not lease.deferred:
+        lease.close_fds()  # never connected: nothing to flush, and no need to import duckdb
+        return
     with suppress(NbdurableError, OSError, duckdb.Error):
         lease.close(wait=1.0)  # at interpreter exit, do not hang on a stuck daemon thread
 

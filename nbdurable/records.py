@@ -112,6 +112,21 @@ def attempt_started(attempt: Attempt, *, source: str, forced: bool,
                      attempt.started_at, _dumps(body), None]
 
 
+def combine(*statements: Statement) -> Statement:
+    """Several event inserts as one statement (one commit, all or nothing)."""
+    assert all(sql == _INSERT for sql, _ in statements)
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(statements))
+    return f"INSERT INTO events VALUES {rows}", [p for _, params in statements for p in params]
+
+
+def started_from_journal(entry: list) -> Attempt:
+    """An attempt in flight in another process, from its journal entry."""
+    run, step, number, _kind, ts, body = entry
+    body = json.loads(body)
+    return Attempt(run, step, number, "running", body["source_hash"], body["inputs"],
+                   datetime.fromisoformat(ts))
+
+
 def attempt_finished(attempt: Attempt, *, error: dict | None) -> Statement:
     """The outcome, with the variables the attempt produced: one row, so atomic."""
     payloads = _Payloads()

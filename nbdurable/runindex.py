@@ -1,32 +1,74 @@
 """What the log says about one run's steps, kept in memory while it stays true.
 
-Reading the log costs a millisecond or more per query, too much for every cell. The index loads
-all attempts of a run in one query and is then updated in memory by this process's own writes.
-It reloads only when :attr:`LogDB.epoch` says another process may have written meanwhile.
-Callers must hold the log's lease around :meth:`refresh` and what they do with the answer.
+Reading the log costs a millisecond or more per DuckDB query, too much for every cell, and a
+restarted kernel would pay ``import duckdb`` before it could replay anything. So the engine
+keeps, per run, the latest attempt and the latest completed attempt of each step:
+
+- valid while the log's write generation (:meth:`LogDB.generation`, a read of the lock file)
+  is the one it was built at: every writer bumps the generation before committing;
+- updated in memory by this process's own writes;
+- saved as a snapshot beside the log (``<log>.index/``), tagged with its generation, just
+  before this process gives the log's lease back; a restarted kernel whose log is at that
+  generation loads the snapshot and replays without opening DuckDB at all.
+
+A snapshot is only a cache: when its generation is not the log's, the index is rebuilt from
+the log. Journals of dead processes (attempts they never finished) are moved into the log
+first, which is a write and needs DuckDB.
 """
 
 from __future__ import annotations
 
-from . import records
+import os
+import pickle
+from contextlib import suppress
+from pathlib import Path
+
+import xxhash
+
+from . import journal, records
+
+_FORMAT = 1
 
 
 class RunIndex:
     def __init__(self, log, run: str):
         self.log, self.run = log, run
-        self._epoch: int | None = None
+        self.generation: int | None = None
         self._last: dict[str, records.Attempt] = {}
         self._completed: dict[str, records.Attempt] = {}
+        self._dirty = False
+        log.before_release(self._save)
 
-    def refresh(self, con) -> None:
-        """Reload from the log if another process may have changed it (hold the lease)."""
-        if self._epoch == self.log.epoch:
+    # -- keeping it true ------------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Make the index true now; without touching DuckDB when it already is."""
+        generation = self.log.generation()
+        if generation >= 0 and generation == self.generation:
             return
+        if self.generation is None and generation > 0 and self._load_snapshot(generation):
+            return
+        with self.log.lease() as con:
+            self.ensure_locked(con)
+
+    def ensure_locked(self, con) -> None:
+        """Same, holding the lease (so that a write can follow on a true index)."""
+        generation = self.log.generation()
+        if generation >= 0 and generation == self.generation:
+            return
+        if journal.recover(con, self.log.path):
+            self.log.announce_write()
         self._last.clear()
         self._completed.clear()
         for attempt in records.run_attempts(con, self.run):
             self.note(attempt)
-        self._epoch = self.log.epoch
+        self._note_live()
+        self.generation = self.log.generation()
+        self._dirty = True
+
+    def wrote(self, before: int, after: int) -> None:
+        """This process wrote (holding the lease) and moved the generation from before to after."""
+        self.generation = after if self.generation == before else None
+        self._dirty = True
 
     def note(self, attempt: records.Attempt) -> None:
         """Take an attempt into account (loaded, or just written by this process)."""
@@ -37,6 +79,11 @@ class RunIndex:
         if attempt.status == "completed" and (done is None or attempt.attempt >= done.attempt):
             self._completed[attempt.step] = attempt
 
+    def _note_live(self) -> None:
+        for entry in journal.live(self.log.path, self.run):
+            self.note(records.started_from_journal(entry))
+
+    # -- answers --------------------------------------------------------------------------------
     def last(self, step: str) -> records.Attempt | None:
         return self._last.get(step)
 
@@ -47,3 +94,44 @@ class RunIndex:
     def next_number(self, step: str) -> int:
         last = self._last.get(step)
         return 1 if last is None else last.attempt + 1
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def _snapshot_path(self) -> Path:
+        name = xxhash.xxh3_64_hexdigest(self.run.encode())
+        return Path(f"{self.log.path}.index") / f"{name}.pickle"
+
+    def _save(self, generation: int) -> None:
+        """Called holding the lease just before it is given back."""
+        if not self._dirty or self.generation != generation or generation <= 0:
+            return
+        path = self._snapshot_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"format": _FORMAT, "run": self.run, "generation": generation,
+                 "last": self._last, "completed": self._completed}
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(pickle.dumps(state, protocol=5))
+        os.replace(tmp, path)
+        self._dirty = False
+
+    def _load_snapshot(self, generation: int) -> bool:
+        if journal.has_dead(self.log.path):
+            return False  # their attempts must be moved into the log first
+        try:
+            state = pickle.loads(self._snapshot_path().read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+            return False
+        if (state.get("format") != _FORMAT or state.get("run") != self.run
+                or state.get("generation") != generation
+                or self.log.generation() != generation):  # someone wrote while we read it
+            return False
+        self._last, self._completed = state["last"], state["completed"]
+        self._note_live()
+        self.generation = generation
+        return True
+
+
+def forget_snapshots(log_path: Path) -> None:
+    """Remove all snapshots of a log (they are caches; the log stays the truth)."""
+    with suppress(OSError):
+        for path in Path(f"{log_path}.index").glob("*.pickle"):
+            path.unlink()

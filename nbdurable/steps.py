@@ -117,7 +117,7 @@ class _Call:
         ref = objects.store_packed(self.ctx.log.blobs, packed)
         self.ctx.log.execute(*records.call_completed(
             run=self.ctx.run, step=self.ctx.step, attempt=self.ctx.attempt, key=self.key,
-            fingerprint=self.fp, result=ref, started=self.started))
+            fingerprint=self.fp, result=ref, started=self.started), announce=False)
         return result
 
 
@@ -171,7 +171,7 @@ def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
         raise UsageError(f"once({key!r}, fn) needs a callable fn, got {type(fn).__name__}")
     log, run = _where(None, None)
     ctx = context.current()
-    with log.transaction() as con:
+    with log.transaction(announce=False) as con:
         state = records.once_state(con, run, key)
         if state is not None and state.status == "completed":
             return _once_result(log, state)
@@ -182,7 +182,7 @@ def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         log.execute(*records.once_event(ONCE_FINISHED, run, key, status="failed", error={
-            "ename": type(exc).__name__, "evalue": str(exc)}))
+            "ename": type(exc).__name__, "evalue": str(exc)}), announce=False)
         raise
     _record_once(log, run, key, result)
     return result
@@ -196,7 +196,8 @@ def _record_once(log, run: str, key: str, result: Any) -> None:
         warnings.warn(f"once({key!r}) returned a value nbdurable cannot store ({exc.reason}); "
                       "later calls return None", UnstorableValueWarning, stacklevel=3)
         ref = None
-    log.execute(*records.once_event(ONCE_FINISHED, run, key, status="completed", result=ref))
+    log.execute(*records.once_event(ONCE_FINISHED, run, key, status="completed", result=ref),
+                announce=False)
 
 
 def _once_result(log, state: records.OnceState) -> Any:
@@ -230,7 +231,7 @@ def _alive(pid: int) -> bool:
 def once_reset(key: str, *, run: str | None = None, log=None) -> bool:
     """Forget ``key`` so that the next ``once`` runs again. True if there was a record."""
     log, run = _where(run, log)
-    with log.transaction() as con:
+    with log.transaction(announce=False) as con:
         existed = records.once_state(con, run, key) is not None
         con.execute(*records.once_event(ONCE_RESET, run, key))
     return existed

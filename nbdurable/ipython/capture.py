@@ -66,6 +66,8 @@ class OutputRecorder:
     def stop(self) -> list[dict]:
         """Flush pending output, stop recording and return the messages (streams merged)."""
         for stream in (sys.stdout, sys.stderr):
+            if not _has_pending_output(stream):
+                continue
             try:
                 stream.flush()
             except Exception:  # a closed or replaced stream must not lose the checkpoint
@@ -80,6 +82,13 @@ class OutputRecorder:
             self._original = None
         with self._lock:
             return merge_streams(self.messages)
+
+
+def _has_pending_output(stream) -> bool:
+    """ipykernel's streams say whether a flush is pending (a flush costs a round trip to the
+    IO thread); any other stream is flushed."""
+    return (getattr(stream, "_flush_pending", True)
+            or getattr(stream, "_subprocess_flush_pending", False))
 
 
 def _current_parent(kernel) -> dict:
