@@ -14,6 +14,7 @@ Journals of live processes are read, never changed, so others see their attempts
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -54,6 +55,7 @@ class Journal:
         self.path = self.dir / f"{HOST}-{self.pid}-{_start_token(self.pid)}.jsonl"
         self._fd: int | None = None
         self._pending = 0
+        atexit.register(self.close)
 
     def started(self, params: list) -> None:
         """Record the parameters of an attempt_started event (run, step, attempt, kind, ts,
@@ -74,6 +76,16 @@ class Journal:
         if self._pending == 0 and self._fd is not None:
             with suppress(OSError):
                 os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        """At exit: an empty journal is removed (a non-empty one waits for recovery)."""
+        if self._fd is None or self.pid != os.getpid():
+            return
+        with suppress(OSError):
+            if os.fstat(self._fd).st_size == 0:
+                self.path.unlink()
+            os.close(self._fd)
+        self._fd = None
 
 
 def _entries(path: Path) -> list[list]:
@@ -109,8 +121,12 @@ def _dead(log_path: Path) -> list[Path]:
 
 
 def has_dead(log_path: Path) -> bool:
-    """Are there journals of dead processes waiting to be moved into the log?"""
-    return bool(_dead(log_path))
+    """Are there attempts of dead processes waiting to be moved into the log?"""
+    for path in _dead(log_path):
+        with suppress(OSError):
+            if path.stat().st_size:
+                return True
+    return False
 
 
 def recover(con, log_path: Path) -> bool:

@@ -208,8 +208,8 @@ class LogDB:
             return lease.read_generation()
 
     def before_release(self, callback) -> None:
-        """Call ``callback(generation)`` while still holding the lease, before giving it back
-        (to save derived state tagged with the generation it is true at)."""
+        """Call ``callback(generation)`` when the file is detached but still locked, before the
+        lease is given back (to save derived state tagged with the state it is true for)."""
         with self._locked() as lease:
             if callback not in lease.release_callbacks:
                 lease.release_callbacks.append(callback)
@@ -297,6 +297,7 @@ class LogDB:
 
 
 _REGISTRY: dict[tuple[int, Path], LogDB] = {}
+_BY_ARGUMENT: dict[tuple[int, Path], LogDB] = {}
 _REGISTRY_LOCK = threading.Lock()
 _FORK_LOCK = threading.Lock()
 
@@ -309,11 +310,17 @@ def open_log(path: str | os.PathLike[str]) -> LogDB:
     absolute path and process id (a forked child gets its own), is nbdurable's only process-wide
     state. A closed instance is replaced by a new one.
     """
+    fast = (os.getpid(), path)  # the same absolute path again: skip resolving it (syscalls)
+    db = _BY_ARGUMENT.get(fast) if isinstance(path, Path) and path.is_absolute() else None
+    if db is not None and not db.closed:
+        return db
     key = (os.getpid(), _resolve(path))
     with _REGISTRY_LOCK:
         db = _REGISTRY.get(key)
         if db is None or db.closed:
             db = _REGISTRY[key] = LogDB(key[1])
+        if isinstance(path, Path) and path.is_absolute():
+            _BY_ARGUMENT[fast] = db
         return db
 
 
@@ -414,16 +421,18 @@ class _Lease:
         """DETACH (checkpoints) then unlock. Order matters: the file must be closed first."""
         if self.attached and self.deferred:
             self.flush_deferred()
-        if self.attached:
-            generation = self.read_generation()
-            for callback in list(self.release_callbacks):
-                with suppress(Exception):  # derived state only: never block the release
-                    callback(generation)
+        was_attached = self.attached
         if self.attached:
             try:
                 self.detach()
             except duckdb.Error:
                 self.reset()
+        if was_attached and self.flocked:
+            # Detached (the file is final) but still locked (nobody else can write yet).
+            generation = self.read_generation()
+            for callback in list(self.release_callbacks):
+                with suppress(Exception):  # derived state only: never block the release
+                    callback(generation)
         self.unlock()
 
     def reset(self) -> None:

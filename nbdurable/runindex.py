@@ -8,8 +8,9 @@ keeps, per run, the latest attempt and the latest completed attempt of each step
   is the one it was built at: every writer bumps the generation before committing;
 - updated in memory by this process's own writes;
 - saved as a snapshot beside the log (``<log>.index/``), tagged with its generation, just
-  before this process gives the log's lease back; a restarted kernel whose log is at that
-  generation loads the snapshot and replays without opening DuckDB at all.
+  when this process gives the log's lease back; a restarted kernel whose log is at that
+  generation, and whose file is exactly as it was then (inode, size, mtime, no WAL), loads the
+  snapshot and replays without opening DuckDB at all.
 
 A snapshot is only a cache: when its generation is not the log's, the index is rebuilt from
 the log. Journals of dead processes (attempts they never finished) are moved into the log
@@ -107,6 +108,7 @@ class RunIndex:
         path = self._snapshot_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"format": _FORMAT, "run": self.run, "generation": generation,
+                 "file": _file_state(self.log.path),
                  "last": self._last, "completed": self._completed}
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(pickle.dumps(state, protocol=5))
@@ -122,12 +124,23 @@ class RunIndex:
             return False
         if (state.get("format") != _FORMAT or state.get("run") != self.run
                 or state.get("generation") != generation
+                # changed by anything else than nbdurable (it would have bumped the generation)
+                or state.get("file") != _file_state(self.log.path)
                 or self.log.generation() != generation):  # someone wrote while we read it
             return False
         self._last, self._completed = state["last"], state["completed"]
         self._note_live()
         self.generation = generation
         return True
+
+
+def _file_state(path: Path) -> tuple | None:
+    """Identity of the log file as last written: any write outside nbdurable changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, os.path.exists(f"{path}.wal"))
 
 
 def forget_snapshots(log_path: Path) -> None:

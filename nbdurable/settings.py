@@ -49,12 +49,20 @@ def reset() -> None:
     """Forget what ``configure`` set (back to environment and defaults)."""
     _configured.log = None
     _configured.run = None
+    _log_paths.clear()
 
 
 def log_path() -> Path:
     """The absolute path of the log file to use."""
     raw = _configured.log or os.environ.get("NBDURABLE_LOG") or str(DEFAULT_LOG)
-    return _check_log_path(Path(raw).expanduser())
+    key = (raw, os.getcwd())
+    found = _log_paths.get(key)
+    if found is None:
+        found = _log_paths[key] = _check_log_path(Path(raw).expanduser())
+    return found
+
+
+_log_paths: dict[tuple[str, str], Path] = {}
 
 
 def run_id(namespace: Mapping[str, object] | None = None) -> str:

@@ -148,7 +148,7 @@ class Kernel:
             self.kc.stop_channels()
         finally:
             if self.km.has_kernel:
-                self.km.shutdown_kernel(now=True)
+                self.km.shutdown_kernel(now=not self.km.is_alive())
 
     def __enter__(self) -> Kernel:
         return self

@@ -144,14 +144,17 @@ class RecordedResult:
 def replay(shell, messages: list[dict]) -> RecordedResult | None:
     """Show recorded messages again; return the result for the display hook, if any."""
     result = None
+    wrote = False  # stream text not flushed yet: a display must go through the publisher
     for msg in messages:
         kind, content = msg["msg_type"], msg["content"]
         if kind == "stream":
+            # No flush: the display publisher flushes the streams before each display, and the
+            # kernel flushes them at the end of the cell; a flush waits for the IO thread.
             stream = sys.stderr if content.get("name") == "stderr" else sys.stdout
             stream.write(content.get("text", ""))
-            stream.flush()
+            wrote = True
         elif kind in ("display_data", "update_display_data"):
-            _publish(shell, content, update=kind == "update_display_data")
+            _publish(shell, content, update=kind == "update_display_data", direct=not wrote)
         elif kind == "clear_output":
             from IPython.display import clear_output
 
@@ -162,17 +165,34 @@ def replay(shell, messages: list[dict]) -> RecordedResult | None:
     return result
 
 
-def _publish(shell, content: dict, *, update: bool) -> None:
+def _publish(shell, content: dict, *, update: bool, direct: bool = False) -> None:
     data = _without_widgets(content.get("data", {}))
     if not data:
         return
-    kwargs: dict[str, Any] = {"metadata": content.get("metadata") or {}}
-    transient = content.get("transient")
+    metadata = content.get("metadata") or {}
+    transient = content.get("transient") or {}
+    if direct and _send_display(shell, data, metadata, transient, update):
+        return
+    kwargs: dict[str, Any] = {"metadata": metadata}
     if transient:
         kwargs["transient"] = transient
     if update:
         kwargs["update"] = True
     shell.display_pub.publish(data, **kwargs)
+
+
+def _send_display(shell, data: dict, metadata: dict, transient: dict, update: bool) -> bool:
+    """Send a display message as ipykernel's publisher does, without its flush of the output
+    streams (two round trips to the IO thread) when no stream text is pending."""
+    pub = shell.display_pub
+    session, socket = getattr(pub, "session", None), getattr(pub, "pub_socket", None)
+    if session is None or socket is None or not hasattr(pub, "parent_header"):
+        return False
+    msg_type = "update_display_data" if update else "display_data"
+    content = {"data": data, "metadata": metadata, "transient": transient}
+    msg = session.msg(msg_type, content, parent=pub.parent_header)
+    session.send(socket, msg, ident=getattr(pub, "topic", None))
+    return True
 
 
 def _without_widgets(data: dict) -> dict:
@@ -187,8 +207,10 @@ def notice(shell, text: str, *, kind: str, detail: dict) -> None:
     """A one-line note (replayed / executing again, and why) shown in the cell's output."""
     html = (f'<div style="color:#6a737d;font-size:0.85em;font-family:monospace">'
             f'{_escape(text)}</div>')
-    shell.display_pub.publish({"text/plain": text, "text/html": html},
-                              metadata={"nbdurable": {"kind": kind, **detail}})
+    data = {"text/plain": text, "text/html": html}
+    metadata = {"nbdurable": {"kind": kind, **detail}}
+    if not _send_display(shell, data, metadata, {}, False):
+        shell.display_pub.publish(data, metadata=metadata)
 
 
 def _escape(text: str) -> str:

@@ -87,6 +87,7 @@ class InputTransformer:
     def __init__(self, shell, requests: Requests):
         self.shell = shell
         self.requests = requests
+        self._bodies: OrderedDict[str, list[str]] = OrderedDict()  # IPython transforms twice
 
     def __call__(self, lines: list[str]) -> list[str]:
         if not lines:
@@ -106,8 +107,13 @@ class InputTransformer:
         while blank < len(lines) and not lines[blank].strip():
             blank += 1
         rest = "".join(lines[blank:])
-        transformed = self.shell.transform_cell(rest) if rest.strip() else ""
-        return ["\n"] * blank + transformed.splitlines(keepends=True)
+        found = self._bodies.get(rest)
+        if found is None:
+            transformed = self.shell.transform_cell(rest) if rest.strip() else ""
+            found = self._bodies[rest] = transformed.splitlines(keepends=True)
+            while len(self._bodies) > 64:
+                self._bodies.popitem(last=False)
+        return ["\n"] * blank + found
 
 
 class AstTransformer(ast.NodeTransformer):
