@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import records, settings
+from . import journal, records, settings
 from .logdb import open_log
 
 
@@ -16,12 +16,36 @@ def history(run: str | None = None, *, log=None, all_runs: bool = False):
     """
     db = _log(log)
     if all_runs:
+        run = None
         sql, params = records.HISTORY_SQL.format(where=""), []
     else:
         run = run or settings.run_id(_main_namespace())
         sql, params = records.HISTORY_SQL.format(where="WHERE run = ?"), [run]
     with db.lease() as con:
-        return con.execute(sql, params).df()
+        if journal.recover(con, db.path):
+            db.announce_write()
+        frame = con.execute(sql, params).df()
+    return _with_in_flight(frame, journal.live(db.path, run, include_self=True))
+
+
+def _with_in_flight(frame, entries: list[list]):
+    """Add the attempts other live processes are running now (from their journals)."""
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for run, step, attempt, _kind, ts, body in entries:
+        body = json.loads(body)
+        rows.append({"run": run, "step": step, "status": "running", "attempt": attempt,
+                     "started_at": pd.Timestamp(ts), "reason": body.get("reason"),
+                     "forced": body.get("forced"), "pid": body.get("pid"),
+                     "host": body.get("host")})
+    if not rows:
+        return frame
+    extra = pd.DataFrame(rows).reindex(columns=frame.columns)
+    merged = pd.concat([frame, extra], ignore_index=True) if len(frame) else extra
+    return merged.sort_values(["started_at", "run", "step", "attempt"], ignore_index=True)
 
 
 def runs(*, log=None):

@@ -108,16 +108,20 @@ def _owner(path: Path) -> tuple[str, int, str] | None:
         return None
 
 
-def _dead(log_path: Path) -> list[Path]:
+def _journals(log_path: Path):
+    """(path, owner, alive) of each journal beside the log; alive is None for another host."""
     directory = Path(f"{log_path}.journal")
     if not directory.is_dir():
-        return []
-    found = []
+        return
     for path in directory.glob("*.jsonl"):
         owner = _owner(path)
-        if owner is not None and owner[0] == HOST and not _alive(owner[1], owner[2]):
-            found.append(path)
-    return found
+        if owner is not None:
+            alive = _alive(owner[1], owner[2]) if owner[0] == HOST else None
+            yield path, owner, alive
+
+
+def _dead(log_path: Path) -> list[Path]:
+    return [path for path, _, alive in _journals(log_path) if alive is False]
 
 
 def has_dead(log_path: Path) -> bool:
@@ -143,17 +147,13 @@ def recover(con, log_path: Path) -> bool:
     return wrote
 
 
-def live(log_path: Path, run: str | None = None) -> list[list]:
-    """attempt_started events of other live processes' attempts in flight (for ``run``)."""
-    directory = Path(f"{log_path}.journal")
-    if not directory.is_dir():
-        return []
+def live(log_path: Path, run: str | None = None, *, include_self: bool = False) -> list[list]:
+    """attempt_started events of live processes' attempts in flight (for ``run``); this
+    process's own only with ``include_self``."""
     found = []
-    for path in directory.glob("*.jsonl"):
-        owner = _owner(path)
-        if owner is None or owner[1] == os.getpid() and owner[0] == HOST:
-            continue
-        if owner[0] == HOST and not _alive(owner[1], owner[2]):
+    for path, (host, pid, _), alive in _journals(log_path):
+        mine = host == HOST and pid == os.getpid()
+        if alive is False or (mine and not include_self):
             continue
         found += [e for e in _entries(path) if run is None or e[0] == run]
     return found

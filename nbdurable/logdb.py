@@ -237,13 +237,7 @@ class LogDB:
         ``announce=False``: the block changes nothing that caches of the log depend on (it
         reads, or writes bookkeeping); see :meth:`execute`.
         """
-        lease = self._current()
-        if not lease.lock.acquire(timeout=self.lock_timeout):
-            raise LogBusyError(
-                f"the log {self.path} is in use by another thread of this process for more than "
-                f"{self.lock_timeout:g} s; let it finish, or raise the lock timeout"
-            )
-        try:
+        with self._locked() as lease:
             if lease.depth:
                 lease.depth += 1
                 try:
@@ -261,8 +255,6 @@ class LogDB:
                 lease.rollback()
                 raise
             lease.commit()
-        finally:
-            lease.lock.release()
 
     def release(self) -> None:
         """Detach the log and give the lease back now, if held (for example before a long wait)."""

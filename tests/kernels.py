@@ -51,19 +51,6 @@ class Reply:
         return [c["metadata"]["nbdurable"] for c in self.of_type("display_data")
                 if "nbdurable" in (c.get("metadata") or {})]
 
-    def texts(self) -> str:
-        """Everything a reader would see, as plain text."""
-        parts = []
-        for m in self.outputs:
-            c = m["content"]
-            if m["msg_type"] == "stream":
-                parts.append(c["text"])
-            elif m["msg_type"] in ("display_data", "execute_result"):
-                parts.append(c["data"].get("text/plain", "") + "\n")
-            elif m["msg_type"] == "error":
-                parts.append(f"{c['ename']}: {c['evalue']}\n")
-        return "".join(parts)
-
 
 def ipc_prefix() -> str:
     """Unix sockets (no TCP ports) at an absolute path: kernels run in other directories."""
@@ -178,16 +165,13 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, env: dict[str, str] |
     return nb
 
 
-def cell_text(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        if out["output_type"] == "stream":
-            parts.append(out["text"])
-        elif out["output_type"] in ("display_data", "execute_result"):
-            parts.append(out["data"].get("text/plain", "") + "\n")
-        elif out["output_type"] == "error":
-            parts.append(f"{out['ename']}: {out['evalue']}\n")
-    return "".join(parts)
+def wait_for_file(path: Path, timeout: float = 60.0) -> None:
+    """Wait until a cell signals progress by creating ``path``."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.01)
 
 
 def count(path: Path) -> int:

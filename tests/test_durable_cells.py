@@ -7,11 +7,13 @@ many times a body ran across kernels, crashes and restarts.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
-from kernels import Kernel, count, kernel_env
+from kernels import Kernel, count, kernel_env, wait_for_file
 
 LOAD = "%load_ext nbdurable"
 
@@ -416,3 +418,121 @@ def test_run_id_comes_from_the_notebook_identity(workdir):
     with Kernel(workdir, env) as k:
         k.execute(LOAD)
         assert "'analysis.ipynb'" in k.execute("%durable_run").stream()
+
+
+def test_output_streams_live_while_the_cell_runs(workdir):
+    go = workdir / "go"
+    cell = body(f"""
+        %%durable live
+        import pathlib, time
+        print("first line", flush=True)
+        deadline = time.monotonic() + 60
+        while not pathlib.Path({str(go)!r}).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("second line")
+    """)
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        msg_id = k.kc.execute(cell)
+        seen = ""
+        while "first line" not in seen:  # the front end gets it before the cell ends
+            msg = k.kc.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                seen += msg["content"]["text"]
+        assert not go.exists()
+        go.touch()
+        reply = k.kc.get_shell_msg(timeout=60)
+        assert reply["content"]["status"] == "ok"
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        assert k.execute(cell).stream() == "first line\nsecond line\n"
+
+
+def test_kernel_interrupt_is_recorded_as_interrupted(workdir):
+    started = workdir / "started"
+    cell = body(f"""
+        %%durable slow
+        import pathlib, time
+        pathlib.Path({str(started)!r}).touch()
+        time.sleep(60)
+    """)
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        msg_id = k.kc.execute(cell)
+        wait_for_file(started)
+        k.km.interrupt_kernel()
+        reply = k.kc.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        out = k.execute("import nbdurable\nprint(nbdurable.history()['status'].tolist())")
+        assert out.stream() == "['interrupted']\n"
+        again = k.execute(cell.replace("time.sleep(60)", "pass"))
+        assert again.notices()[0]["reason"] == "the previous attempt was interrupted"
+
+
+def test_line_magics_and_shell_commands_inside_a_durable_cell(workdir):
+    cell = "%%durable magics\n%time v = 21 * 2\nfiles = !echo hello\nprint(v, files)"
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        first = k.execute(cell)
+        assert first.status == "ok", first.traceback
+        assert "42 ['hello']" in first.stream()
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        again = k.execute(cell)
+        assert again.notices()[0]["kind"] == "replayed"
+        assert "42 ['hello']" in again.stream()
+        assert k.execute("print(v, files)").stream() == "42 ['hello']\n"
+
+
+@pytest.mark.parametrize("point, runs, kind", [
+    ("before-commit", 2, "executing"),  # body ran, blobs written, commit not: runs again
+    ("after-commit", 1, "replayed"),    # committed, died before reporting: it is done
+])
+def test_sigkill_at_the_worst_moments_of_a_checkpoint(workdir, point, runs, kind):
+    counter = workdir / "count"
+    cell = f"%%durable big\n{counter_line(counter)}\nimport numpy as np\narr = np.arange(500_000)"
+    with Kernel(workdir, kernel_env(workdir, NBDURABLE_CRASH_AT=point)) as k:
+        k.execute(LOAD)
+        k.execute_until_death(cell)
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        r = k.execute(cell)
+        assert r.notices()[0]["kind"] == kind
+        assert k.execute("print(int(arr.sum()))").stream() == f"{sum(range(500_000))}\n"
+    assert count(counter) == runs
+
+
+def test_identical_large_values_are_stored_once(workdir):
+    cells = ["%%durable one\nimport numpy as np\na = np.ones(300_000)",
+             "%%durable two\nb = np.ones(300_000)"]
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        assert all(k.execute(c).status == "ok" for c in cells)
+    blobs = [p for p in (workdir / "log.duckdb.blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == 1 and blobs[0].stat().st_size > 2_400_000
+
+
+def test_history_from_another_process_sees_a_running_cell(workdir):
+    go = workdir / "go"
+    cell = body(f"""
+        %%durable waiting
+        import pathlib, time
+        deadline = time.monotonic() + 60
+        while not pathlib.Path({str(go)!r}).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    """)
+    script = ("import nbdurable\n"
+              f"h = nbdurable.history('test-run', log={str(workdir / 'log.duckdb')!r})\n"
+              "print(h[['step', 'status']].values.tolist())")
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        k.execute("%%durable before\nx = 1")
+        msg_id = k.kc.execute(cell)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120)
+        go.touch()
+        reply = k.kc.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == msg_id
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[['before', 'completed'], ['waiting', 'running']]"
