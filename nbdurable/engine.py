@@ -21,7 +21,7 @@ from typing import Any
 
 import xxhash
 
-from . import analysis, context, faults, objects, records, settings
+from . import analysis, context, faults, objects, records, serializer, settings
 from .errors import UnstorableValueWarning
 from .fingerprint import Tracker, fingerprint, module_fingerprint
 from .logdb import LogDB, open_log
@@ -149,6 +149,8 @@ class Engine:
         """
         cp, log = decision.checkpoint, decision.log
         variables = cp.variables or []
+        if isinstance(self.namespace, dict):
+            serializer.track_classes(self.namespace)
         values = {v.name: self._load(log, v) for v in variables if v.kind != "deleted"}
         outputs = _decode_outputs(log, cp.outputs)
         for var in variables:

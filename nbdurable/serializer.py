@@ -23,12 +23,14 @@ import io
 import pickle
 import struct
 import sys
+import threading
 import types
 from collections import ChainMap
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, BinaryIO
 
 import cloudpickle
@@ -104,6 +106,55 @@ def _refuse_file(obj):
     raise pickle.PicklingError("an open file cannot be stored")
 
 
+_class_ids = threading.local()
+
+
+def _stable_class_id(cls: type, main_globals: dict | None) -> str:
+    """A class's identity for cloudpickle's class tracker, derived from its definition.
+
+    cloudpickle names each class defined in the notebook with a random id, so the same class
+    pickles differently in every process and a fingerprint of it (or of its instances) would
+    change at every restart. A content-derived id is the same wherever the same class is
+    defined, and differs between different versions of it.
+    """
+    stack = _class_ids.__dict__.setdefault("stack", [])
+    stack.append(cls)
+    try:
+        state = _cp._enum_getstate(cls) if issubclass(cls, Enum) else _cp._class_getstate(cls)
+        _drop_caches(state)
+        buf = io.BytesIO()
+        _IdPickler(buf, main_globals, None).dump(
+            (type(cls), cls.__module__, cls.__qualname__, cls.__bases__, state))
+    finally:
+        stack.pop()
+    return "nbd-" + xxhash.xxh3_128_hexdigest(buf.getbuffer())
+
+
+def _drop_caches(state) -> None:
+    """copyreg caches ``__slotnames__`` on a class once an instance is pickled: not part of
+    its definition (and it would change the class's fingerprint)."""
+    if isinstance(state, tuple) and state and isinstance(state[0], dict):
+        state[0].pop("__slotnames__", None)
+
+
+def _track_stably(cls: type, main_globals: dict | None) -> None:
+    """Register a not yet tracked notebook class under its content-derived id."""
+    if _cp._DYNAMIC_CLASS_TRACKER_BY_CLASS.get(cls) is not None:
+        return
+    # the classes cloudpickle pickles by value, as in its _class_reduce
+    if (cls in _cp._BUILTIN_TYPE_NAMES or cls in (type(None), type(Ellipsis), type(NotImplemented))
+            or _cp._should_pickle_by_reference(cls)
+            or cls in _class_ids.__dict__.get("stack", ())):
+        return
+    class_id = _stable_class_id(cls, main_globals)
+    with _cp._DYNAMIC_CLASS_TRACKER_LOCK:
+        if _cp._DYNAMIC_CLASS_TRACKER_BY_CLASS.get(cls) is None:
+            known = _cp._DYNAMIC_CLASS_TRACKER_BY_ID.setdefault(class_id, cls)
+            _cp._DYNAMIC_CLASS_TRACKER_BY_CLASS[cls] = class_id
+            if known is not cls:  # an identical definition seen before: still a distinct class
+                _cp._DYNAMIC_CLASS_TRACKER_BY_ID[class_id] = cls
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, plus: notebook functions keep the live namespace; open files are refused."""
 
@@ -117,6 +168,15 @@ class _Pickler(cloudpickle.Pickler):
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self._main_globals = main_globals
 
+    def reducer_override(self, obj):
+        if not isinstance(obj, type):
+            return super().reducer_override(obj)
+        _track_stably(obj, self._main_globals)
+        reduced = super().reducer_override(obj)
+        if isinstance(reduced, tuple) and len(reduced) > 2:
+            _drop_caches(reduced[2])
+        return reduced
+
     def _dynamic_function_reduce(self, func):
         if self._main_globals is None or func.__globals__ is not self._main_globals:
             return super()._dynamic_function_reduce(func)
@@ -125,6 +185,24 @@ class _Pickler(cloudpickle.Pickler):
         slotstate["__globals__"] = {}
         return (types.FunctionType, (code, _MAIN_REF, name, argdefs, closure),
                 (state, slotstate), None, None, _main_function_setstate)
+
+
+def track_classes(namespace: dict) -> None:
+    """Give the notebook classes in ``namespace`` their content-derived ids, so that restored
+    instances of an identical class definition come back as instances of *these* classes."""
+    for value in list(namespace.values()):
+        if isinstance(value, type) and value.__module__ == namespace.get("__name__"):
+            with suppress(Exception):  # a class that cannot be pickled just is not tracked
+                _track_stably(value, namespace)
+
+
+class _IdPickler(_Pickler):
+    """Only for hashing a class definition: a class being hashed is referred to by name."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, type) and obj in _class_ids.__dict__.get("stack", ()):
+            return (str, (f"<class {obj.__qualname__} being defined>",))
+        return super().reducer_override(obj)
 
 
 def _default_main_globals() -> dict | None:

@@ -536,3 +536,29 @@ def test_history_from_another_process_sees_a_running_cell(workdir):
         assert reply["parent_header"]["msg_id"] == msg_id
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[['before', 'completed'], ['waiting', 'running']]"
+
+
+def test_classes_defined_in_plain_cells_keep_their_fingerprint_across_restarts(workdir):
+    counter = workdir / "count"
+    define = body("""
+        from dataclasses import dataclass, field
+        @dataclass
+        class Item:
+            name: str
+            tags: list = field(default_factory=list)
+            def label(self):
+                return self.name.upper()
+    """)
+    cell = f"%%durable build\n{counter_line(counter)}\nitems = [Item('a', [1]), Item('b')]"
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        k.execute(define)
+        assert k.execute(cell).status == "ok"
+    with Kernel(workdir, kernel_env(workdir, PYTHONHASHSEED="12345")) as k:
+        k.execute(LOAD)
+        k.execute(define)
+        r = k.execute(cell)
+        assert r.notices()[0]["kind"] == "replayed"
+        out = k.execute("print(isinstance(items[0], Item), items[0].label(), items[1].tags)")
+        assert out.stream() == "True A []\n"
+    assert count(counter) == 1

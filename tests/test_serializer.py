@@ -101,3 +101,68 @@ def test_pickle_of_unpicklable_object_in_reduce_is_unstorable():
     with pytest.raises(serializer.Unstorable, match="nope"):
         serializer.pack(Bad())
     assert pickle.loads(pickle.dumps(1)) == 1
+
+
+DEFINITIONS = '''
+import enum, os
+from dataclasses import dataclass, field
+def f(x):
+    return os.path.join(x, "y")
+class Base:
+    def hello(self):
+        return "base"
+class K(Base):
+    LIMIT = 3
+    def hello(self):
+        return super().hello() + "!"
+@dataclass
+class Item:
+    name: str
+    tags: list = field(default_factory=list)
+class Color(enum.Enum):
+    RED = 1
+values = {"f": f, "K": K, "k": K(), "items": [Item("a", [1]), Item("b")], "Color": Color,
+          "cfg": {"a": [1, 2]}}
+'''
+
+
+def test_notebook_definitions_fingerprint_the_same_in_every_process():
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, json\nfrom nbdurable.fingerprint import fingerprint\n"
+              "ns = sys.modules['__main__'].__dict__\n"
+              f"exec({DEFINITIONS!r}, ns)\n"
+              "print(json.dumps({k: fingerprint(v, ns)[0] for k, v in ns['values'].items()}))")
+    outs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert '"t:' not in out.stdout  # every value could be encoded
+        outs.add(out.stdout)
+    assert len(outs) == 1
+
+
+def test_restored_instances_belong_to_the_live_class_of_the_same_definition():
+    first = {"__name__": "__main__"}
+    exec(DEFINITIONS, first)
+    packed = serializer.pack(first["values"]["items"], main_globals=first)
+    second = {"__name__": "__main__"}
+    exec(DEFINITIONS, second)  # the same cell, run again: a new class object
+    serializer.track_classes(second)
+    with serializer.loading_into(second):
+        items = serializer.unpack_bytes(packed.to_bytes())
+    assert isinstance(items[0], second["Item"]) and items[0].tags == [1]
+
+
+def test_pickling_instances_does_not_change_the_class_fingerprint():
+    from nbdurable.fingerprint import fingerprint
+
+    ns = {"__name__": "__main__"}
+    exec(DEFINITIONS, ns)
+    before = fingerprint(ns["Item"], ns)[0]
+    serializer.pack(ns["values"]["items"], main_globals=ns)  # caches __slotnames__ on Item
+    assert fingerprint(ns["Item"], ns)[0] == before
