@@ -57,8 +57,9 @@ def demo(notebook: str | os.PathLike | None = None, *, workdir: str | os.PathLik
     killed = _run_and_kill(nb, work, env, effects, kill_after)
     nbformat.write(nb, work / "run1-killed.ipynb")
     first = _effects(effects)
-    echo(f"\n1st run: kernel SIGKILLed during `summarize` after {first['summarize']} of its "
-         f"LLM calls" if killed else "\n1st run: finished before the kill (nothing to resume)")
+    n = first["summarize"]
+    echo(f"\n1st run: kernel SIGKILLed during `summarize`, while its LLM call #{n} was running "
+         f"({n - 1} finished)" if killed else "\n1st run: finished before the kill")
 
     nb = nbformat.read(source, as_version=4)
     completed = _run(nb, work, env)
@@ -111,7 +112,8 @@ def _run(nb, work: Path, env: dict) -> bool:
 
 
 def _run_and_kill(nb, work: Path, env: dict, effects: Path, kill_after: int) -> bool:
-    """Execute ``nb``; SIGKILL its kernel once ``kill_after`` summaries were made."""
+    """Execute ``nb``; SIGKILL its kernel when summary ``kill_after + 1`` starts (so that
+    ``kill_after`` are finished and one is in flight)."""
     from nbclient.exceptions import DeadKernelError
 
     client = _client(nb, work)
@@ -120,7 +122,7 @@ def _run_and_kill(nb, work: Path, env: dict, effects: Path, kill_after: int) -> 
 
     def killer():
         while not stop.is_set():
-            if _effects(effects)["summarize"] >= kill_after and client.km is not None:
+            if _effects(effects)["summarize"] > kill_after and client.km is not None:
                 os.kill(client.km.provisioner.pid, signal.SIGKILL)
                 killed.set()
                 return

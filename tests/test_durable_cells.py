@@ -562,3 +562,20 @@ def test_classes_defined_in_plain_cells_keep_their_fingerprint_across_restarts(w
         out = k.execute("print(isinstance(items[0], Item), items[0].label(), items[1].tags)")
         assert out.stream() == "True A []\n"
     assert count(counter) == 1
+
+
+def test_explicit_run_cell_magic_call_is_durable_too(workdir):
+    counter = workdir / "count"
+    call = ("get_ipython().run_cell_magic('durable', 'explicit', "
+            f"{(counter_line(counter) + chr(10) + 'w = 7' + chr(10) + 'w * 6')!r})")
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        first = k.execute(call)
+        assert first.status == "ok", first.traceback
+        assert first.result["data"]["text/plain"] == "42"
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        again = k.execute(call)
+        assert again.notices()[0]["kind"] == "replayed"
+        assert k.execute("print(w)").stream() == "7\n"
+    assert count(counter) == 1

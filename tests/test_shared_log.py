@@ -63,8 +63,7 @@ def test_garbage_log_file_is_refused_and_untouched(tmp_path):
     assert r.status == "error" and r.ename == "NotALogError"
     assert str(log) in r.evalue and len(r.traceback) == 1
     assert _digest(log) == before
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("log.duckdb")) == [
-        "log.duckdb", "log.duckdb.lock", "log.duckdb.wait"] or not (tmp_path / "log.duckdb.wal").exists()
+    assert not (tmp_path / "log.duckdb.wal").exists()
 
 
 def test_newer_schema_log_is_refused_and_untouched(tmp_path):
