@@ -144,6 +144,7 @@ def _checkpoint_and_restore(name: str, source: str, seed: int) -> tuple[float, f
     t = time.perf_counter()
     eng.finish(execution, ok=True, outputs=[])
     checkpoint = time.perf_counter() - t
+    eng.close()
     fresh = {"__name__": "__main__", "np": np, "seed": seed}
     eng2 = engine.Engine(fresh)
     decision = eng2.decide(_spec(name, source))
@@ -180,6 +181,7 @@ def bench_growth(work: Path, steps: int = 1000, window: int = 25) -> dict:
     ns = {"__name__": "__main__"}
     eng = engine.Engine(ns)
     times = [_execute_cell(eng, f"s{i}", f"v{i % 10} = {i}") for i in range(steps)]
+    eng.close()
     early = statistics.median(times[10:10 + window])
     late = statistics.median(times[steps - window:])
     return {"step10": early, "step1000": late}
@@ -191,7 +193,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = parser.parse_args()
     n = 30 if args.quick else args.n
-    with tempfile.TemporaryDirectory(prefix="nbdurable-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nbdurable-bench-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         os.environ.update(kernel_env(work, NBDURABLE_RUN="bench"))
         small = bench_small_cells(work, n)

@@ -76,7 +76,7 @@ class Execution:
 
     decision: Decision
     attempt: records.Attempt
-    started: records.Statement
+    rows: list  # event rows written at the start (journal), inserted with the outcome
     clock: float
     before: dict[str, Any]
     step_context: context.StepContext
@@ -123,7 +123,7 @@ class Engine:
     def _journal(self, log: LogDB) -> Journal:
         found = self._journals.get(log.path)
         if found is None:
-            found = self._journals[log.path] = Journal(log.path)
+            found = self._journals[log.path] = Journal(log)
         return found
 
     def decide(self, spec: CellSpec) -> Decision:
@@ -173,34 +173,36 @@ class Engine:
 
     # -- executing ------------------------------------------------------------------------------
     def begin(self, decision: Decision) -> Execution:
-        """Record a running attempt and make it the active step."""
+        """Record a running attempt (in the journal: no commit) and make it the active step."""
         spec, log, run = decision.spec, decision.log, decision.run
-        with log.lease() as con:
-            index = self._index(log, run)
-            index.ensure_locked(con)
-            if (str(log.path), run) not in self._runs_seen:
-                notebook = settings.notebook_path(self.namespace)
-                log.execute(*records.ensure_run(run, notebook), announce=False)
-            attempt = records.Attempt(run, spec.name, index.next_number(spec.name), "running",
-                                      spec.source_hash, decision.inputs, records.now())
-            started = records.attempt_started(attempt, source=spec.source, forced=spec.force,
-                                              reason=decision.reason)
-            before = log.generation()
-            self._journal(log).started(started[1])  # survives a kill; 100x cheaper than a commit
-            log.announce_write()
-            index.note(attempt)
-            index.wrote(before, log.generation())
-        self._runs_seen.add((str(log.path), run))
+        index = self._index(log, run)
+        index.ensure()
+        attempt = records.Attempt(run, spec.name, index.next_number(spec.name), "running",
+                                  spec.source_hash, decision.inputs, records.now())
+        rows = [records.attempt_started(attempt, source=spec.source, forced=spec.force,
+                                        reason=decision.reason)[1]]
+        if (str(log.path), run) not in self._runs_seen:
+            rows.insert(0, records.run_created(run, settings.notebook_path(self.namespace)))
+            self._runs_seen.add((str(log.path), run))
+        before = log.generation()
+        self._journal(log).append(rows)  # survives a kill of this process
+        log.announce_write()
+        index.note(attempt)
+        index.wrote(before, log.generation())
         ns = self.namespace if isinstance(self.namespace, dict) else None
         ctx = context.StepContext(log, run, spec.name, attempt.attempt, spec.force, ns)
-        execution = Execution(decision, attempt, started, time.perf_counter(),
+        execution = Execution(decision, attempt, rows, time.perf_counter(),
                               dict(self.namespace), ctx)
         execution.token = context.enter(ctx)
         return execution
 
     def finish(self, execution: Execution, *, ok: bool, outputs: list[dict],
                error: dict | None = None) -> Finished:
-        """Checkpoint a finished body (``ok``) or record its failure, in one statement."""
+        """Checkpoint a finished body (``ok``) or record its failure.
+
+        The outcome is durable (journal written and synced, blobs synced) when this returns;
+        it reaches the DuckDB log in the background, in one statement with the start.
+        """
         context.leave(execution.step_context, execution.token)
         log = execution.decision.log
         out_ref = objects.store_bytes(log.blobs, json.dumps(outputs).encode())
@@ -216,16 +218,17 @@ class Engine:
         attempt.finished_at = records.now()
         attempt.duration_s = time.perf_counter() - execution.clock
         attempt.outputs = out_ref
+        finished = records.attempt_finished(attempt, error=error)[1]
         faults.crashpoint("before-commit")
-        with log.lease():
-            before = log.generation()
-            log.execute(*records.combine(execution.started,
-                                         records.attempt_finished(attempt, error=error)))
-            index = self._index(log, attempt.run)
-            index.note(attempt)
-            index.wrote(before, log.generation())
-        self._journal(log).finished()
+        journal = self._journal(log)
+        before = log.generation()
+        upto = journal.append([finished], sync=True)
+        log.announce_write()
+        index = self._index(log, attempt.run)
+        index.note(attempt)
+        index.wrote(before, log.generation())
         faults.crashpoint("after-commit")
+        journal.submit([*execution.rows, finished], upto)
         return Finished(attempt.status, attempt.attempt, attempt.duration_s, **result)
 
     def _checkpoint(self, execution: Execution, log: LogDB) -> dict:
@@ -275,6 +278,12 @@ class Engine:
                 continue  # an input the body did not change
             result[name] = (ns[name], fp, packed, why)
         return result
+
+    def close(self) -> None:
+        """Move what the journals hold into the log now (also done at interpreter exit)."""
+        for journal in self._journals.values():
+            journal.close()
+        self._journals.clear()
 
     # -- plain cells ----------------------------------------------------------------------------
     def plain_cell_ran(self, names: Iterable[str] | None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import journal, records, settings
+from . import journal, records, schema, settings
 from .logdb import open_log
 
 
@@ -15,37 +15,25 @@ def history(run: str | None = None, *, log=None, all_runs: bool = False):
     interrupted; an attempt left ``running`` by a dead kernel stays so.
     """
     db = _log(log)
-    if all_runs:
-        run = None
-        sql, params = records.HISTORY_SQL.format(where=""), []
-    else:
+    if not all_runs:
         run = run or settings.run_id(_main_namespace())
-        sql, params = records.HISTORY_SQL.format(where="WHERE run = ?"), [run]
+    where, params = ("", []) if all_runs else ("WHERE run = ?", [run])
     with db.lease() as con:
         if journal.recover(con, db.path):
             db.announce_write()
-        frame = con.execute(sql, params).df()
-    return _with_in_flight(frame, journal.live(db.path, run, include_self=True))
+        events = _with_pending(con, journal.live_rows(db.path, None if all_runs else run))
+        sql = records.HISTORY_SQL.format(attempts=schema.ATTEMPTS_SELECT.format(events=events),
+                                         where=where)
+        return con.execute(sql, params).df()
 
 
-def _with_in_flight(frame, entries: list[list]):
-    """Add the attempts other live processes are running now (from their journals)."""
-    import json
-
-    import pandas as pd
-
-    rows = []
-    for run, step, attempt, _kind, ts, body in entries:
-        body = json.loads(body)
-        rows.append({"run": run, "step": step, "status": "running", "attempt": attempt,
-                     "started_at": pd.Timestamp(ts), "reason": body.get("reason"),
-                     "forced": body.get("forced"), "pid": body.get("pid"),
-                     "host": body.get("host")})
+def _with_pending(con, rows: list) -> str:
+    """A relation of the log's events plus events still in live processes' journals."""
     if not rows:
-        return frame
-    extra = pd.DataFrame(rows).reindex(columns=frame.columns)
-    merged = pd.concat([frame, extra], ignore_index=True) if len(frame) else extra
-    return merged.sort_values(["started_at", "run", "step", "attempt"], ignore_index=True)
+        return "events"
+    con.execute("CREATE OR REPLACE TEMP TABLE nbdurable_pending AS FROM events LIMIT 0")
+    con.executemany("INSERT INTO temp.nbdurable_pending VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    return "(SELECT DISTINCT * FROM (FROM events UNION ALL FROM temp.nbdurable_pending))"
 
 
 def runs(*, log=None):

@@ -175,11 +175,9 @@ class LogDB:
                 raise LogError(f"the log {self.path} refused a write: {_first_line(e)}") from e
 
     def announce_write(self) -> None:
-        """Inside :meth:`lease`: tell other processes that their view of the log is stale
-        (for state kept beside the log, such as journals)."""
-        with self._locked() as lease:
-            if lease.attached:
-                lease.bump_generation()
+        """Tell other processes that their view of the log is stale, for changes kept beside
+        the database (journals). Needs no lease: it never waits for a transaction."""
+        self._sidecars().bump_generation()
 
     def defer(self, sql: str, params: list) -> None:
         """Queue a best-effort write (bookkeeping a crash may lose harmlessly).
@@ -200,12 +198,10 @@ class LogDB:
         Every write bumps it before committing, so state derived from the log at generation
         ``g`` is still true while ``generation() == g``. -1 when it cannot be read.
         """
-        with self._locked() as lease:
-            try:
-                lease.open_sidecars()
-            except LogError:
-                return -1
-            return lease.read_generation()
+        try:
+            return self._sidecars().read_generation()
+        except LogError:
+            return -1
 
     def before_release(self, callback) -> None:
         """Call ``callback(generation)`` when the file is detached but still locked, before the
@@ -213,6 +209,14 @@ class LogDB:
         with self._locked() as lease:
             if callback not in lease.release_callbacks:
                 lease.release_callbacks.append(callback)
+
+    def _sidecars(self) -> _Lease:
+        """The lease with its lock files open (opened once, under the lock)."""
+        lease = self._current()
+        if lease.lock_fd is None:
+            with self._locked():
+                lease.open_sidecars()
+        return lease
 
     @contextmanager
     def _locked(self) -> Iterator[_Lease]:
@@ -341,6 +345,7 @@ class _Lease:
         self.idle_deadline = 0.0
         self.thread: threading.Thread | None = None
         self.deferred: list[tuple[str, list]] = []
+        self.generation_lock = threading.Lock()
         self.flush_due: float | None = None
         self.release_callbacks: list = []
         _LIVE.add(self)
@@ -508,10 +513,20 @@ class _Lease:
             return -1  # unreadable: treat as "someone else wrote"
 
     def bump_generation(self) -> None:
-        """Before a write commits: tell other processes their caches may be stale."""
-        generation = max(self.read_generation(), 0) + 1
-        with suppress(OSError):
-            os.pwrite(self.lock_fd, b"%0*d" % (_GENERATION_LEN, generation), _GENERATION_AT)
+        """Before a write commits: tell other processes their caches may be stale.
+
+        Atomic across processes (a POSIX record lock on the counter's bytes, independent of the
+        lease's flock) and threads, so that no increment is lost: a lost one could leave a
+        reader believing stale state is current.
+        """
+        fd = self.lock_fd
+        with self.generation_lock, suppress(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_EX, _GENERATION_LEN, _GENERATION_AT)
+            try:
+                generation = max(self.read_generation(), 0) + 1
+                os.pwrite(fd, b"%0*d" % (_GENERATION_LEN, generation), _GENERATION_AT)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, _GENERATION_LEN, _GENERATION_AT)
 
     def run_deferred(self) -> None:
         """Inside an open transaction: write the queued bookkeeping rows."""

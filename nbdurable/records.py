@@ -65,12 +65,10 @@ def _ref(spec: list | None, data: bytes | None) -> StoredRef | None:
 
 # -- runs ---------------------------------------------------------------------------------------
 
-def ensure_run(run: str, notebook: str | None) -> Statement:
-    """A run_created event unless the run has one."""
+def run_created(run: str, notebook: str | None) -> list:
+    """A run_created event row: a session of this process started using the run."""
     body = _dumps({"notebook": notebook, "pid": os.getpid(), "host": HOST})
-    return ("INSERT INTO events SELECT ?, NULL, NULL, ?, ?, ?, NULL WHERE NOT EXISTS"
-            " (SELECT 1 FROM events WHERE run = ? AND kind = ?)",
-            [run, schema.RUN_CREATED, now(), body, run, schema.RUN_CREATED])
+    return [run, None, None, schema.RUN_CREATED, now(), body, None]
 
 
 # -- attempts -----------------------------------------------------------------------------------
@@ -112,19 +110,10 @@ def attempt_started(attempt: Attempt, *, source: str, forced: bool,
                      attempt.started_at, _dumps(body), None]
 
 
-def combine(*statements: Statement) -> Statement:
-    """Several event inserts as one statement (one commit, all or nothing)."""
-    assert all(sql == _INSERT for sql, _ in statements)
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(statements))
-    return f"INSERT INTO events VALUES {rows}", [p for _, params in statements for p in params]
-
-
-def started_from_journal(entry: list) -> Attempt:
-    """An attempt in flight in another process, from its journal entry."""
-    run, step, number, _kind, ts, body = entry
-    body = json.loads(body)
-    return Attempt(run, step, number, "running", body["source_hash"], body["inputs"],
-                   datetime.fromisoformat(ts))
+def combine_rows(rows: list[list]) -> Statement:
+    """Several event rows as one INSERT (one commit, all or nothing)."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+    return f"INSERT INTO events VALUES {values}", [p for row in rows for p in row]
 
 
 def attempt_finished(attempt: Attempt, *, error: dict | None) -> Statement:
@@ -139,19 +128,32 @@ def attempt_finished(attempt: Attempt, *, error: dict | None) -> Statement:
                      attempt.finished_at, _dumps(body), payloads.data()]
 
 
-def run_attempts(con, run: str) -> list[Attempt]:
-    """Every attempt of a run in order; completed ones with their variables and outputs."""
+def run_attempts(con, run: str, pending: list[list] = ()) -> list[Attempt]:
+    """Every attempt of a run in order, completed ones with their variables and outputs, from
+    the log plus ``pending`` event rows (journals) that may not be in it yet."""
     rows = con.execute(
         "SELECT step, attempt, kind, ts, body, data FROM events WHERE run = ? AND kind IN (?, ?)"
         " ORDER BY rowid", [run, schema.ATTEMPT_STARTED, schema.ATTEMPT_FINISHED]).fetchall()
+    rows += [tuple(r[1:]) for r in pending if r[0] == run
+             and r[3] in (schema.ATTEMPT_STARTED, schema.ATTEMPT_FINISHED)]
+    return assemble(run, rows)
+
+
+def assemble(run: str, rows) -> list[Attempt]:
+    """Attempts from (step, attempt, kind, ts, body, data) event rows (duplicates ignored)."""
     attempts: dict[tuple[str, int], Attempt] = {}
-    for step, number, kind, at, body, data in rows:
+    seen: set[tuple[str, int, str]] = set()
+    for step, number, kind, ts, body, data in rows:
+        if (step, number, kind) in seen or kind not in (schema.ATTEMPT_STARTED,
+                                                        schema.ATTEMPT_FINISHED):
+            continue
+        seen.add((step, number, kind))
         body = json.loads(body)
         if kind == schema.ATTEMPT_STARTED:
             attempts[step, number] = Attempt(run, step, number, "running", body["source_hash"],
-                                             body["inputs"], at)
+                                             body["inputs"], ts)
         elif (step, number) in attempts:
-            _finish(attempts[step, number], at, body, data)
+            _finish(attempts[step, number], ts, body, data)
     return list(attempts.values())
 
 
@@ -232,7 +234,7 @@ def once_event(kind: str, run: str, key: str, *, step: str | None = None, status
 HISTORY_SQL = """
 SELECT run, step, status, attempt, started_at, finished_at, duration_s, reason, forced, error,
        pid, host
-FROM attempts {where} ORDER BY started_at, run, step, attempt
+FROM ({attempts}) {where} ORDER BY started_at, run, step, attempt
 """
 
 RUNS_SQL = """

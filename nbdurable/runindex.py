@@ -58,12 +58,13 @@ class RunIndex:
             return
         if journal.recover(con, self.log.path):
             self.log.announce_write()
+        generation = self.log.generation()  # before reading: a later change is then noticed
         self._last.clear()
         self._completed.clear()
-        for attempt in records.run_attempts(con, self.run):
+        pending = journal.live_rows(self.log.path, self.run)
+        for attempt in records.run_attempts(con, self.run, pending):
             self.note(attempt)
-        self._note_live()
-        self.generation = self.log.generation()
+        self.generation = generation
         self._dirty = True
 
     def wrote(self, before: int, after: int) -> None:
@@ -79,10 +80,6 @@ class RunIndex:
         done = self._completed.get(attempt.step)
         if attempt.status == "completed" and (done is None or attempt.attempt >= done.attempt):
             self._completed[attempt.step] = attempt
-
-    def _note_live(self) -> None:
-        for entry in journal.live(self.log.path, self.run):
-            self.note(records.started_from_journal(entry))
 
     # -- answers --------------------------------------------------------------------------------
     def last(self, step: str) -> records.Attempt | None:
@@ -129,7 +126,9 @@ class RunIndex:
                 or self.log.generation() != generation):  # someone wrote while we read it
             return False
         self._last, self._completed = state["last"], state["completed"]
-        self._note_live()
+        rows = [tuple(r[1:]) for r in journal.live_rows(self.log.path, self.run)]
+        for attempt in records.assemble(self.run, rows):
+            self.note(attempt)
         self.generation = generation
         return True
 

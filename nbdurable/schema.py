@@ -26,6 +26,24 @@ ONCE_STARTED = "once_started"
 ONCE_FINISHED = "once_finished"
 ONCE_RESET = "once_reset"
 
+#: The ``attempts`` view's query, over any relation with the columns of ``events``.
+ATTEMPTS_SELECT = """
+    SELECT s.run, s.step, s.attempt,
+           coalesce(f.body ->> 'status', 'running') AS status,
+           s.ts AS started_at, f.ts AS finished_at,
+           CAST(f.body ->> 'duration_s' AS DOUBLE) AS duration_s,
+           s.body ->> 'reason' AS reason,
+           CAST(s.body ->> 'forced' AS BOOLEAN) AS forced,
+           f.body ->> '$.error.ename' AS error,
+           f.body ->> '$.error.evalue' AS error_message,
+           s.body ->> 'source' AS source,
+           CAST(s.body ->> 'pid' AS INTEGER) AS pid,
+           s.body ->> 'host' AS host
+    FROM {events} s
+    LEFT JOIN {events} f ON f.kind = 'attempt_finished' AND f.run = s.run AND f.step = s.step
+        AND f.attempt = s.attempt
+    WHERE s.kind = 'attempt_started'"""
+
 DDL: tuple[str, ...] = (
     """CREATE TABLE nbdurable_meta (
         key VARCHAR NOT NULL,
@@ -41,22 +59,7 @@ DDL: tuple[str, ...] = (
         data BLOB
     )""",
     # One row per execution attempt of a step; status is running until it finished.
-    """CREATE VIEW attempts AS
-    SELECT s.run, s.step, s.attempt,
-           coalesce(f.body ->> 'status', 'running') AS status,
-           s.ts AS started_at, f.ts AS finished_at,
-           CAST(f.body ->> 'duration_s' AS DOUBLE) AS duration_s,
-           s.body ->> 'reason' AS reason,
-           CAST(s.body ->> 'forced' AS BOOLEAN) AS forced,
-           f.body ->> '$.error.ename' AS error,
-           f.body ->> '$.error.evalue' AS error_message,
-           s.body ->> 'source' AS source,
-           CAST(s.body ->> 'pid' AS INTEGER) AS pid,
-           s.body ->> 'host' AS host
-    FROM events s
-    LEFT JOIN events f ON f.kind = 'attempt_finished' AND f.run = s.run AND f.step = s.step
-        AND f.attempt = s.attempt
-    WHERE s.kind = 'attempt_started'""",
+    "CREATE VIEW attempts AS " + ATTEMPTS_SELECT.format(events="events"),
     """CREATE VIEW runs AS
     SELECT run,
            arg_min(body ->> 'notebook', ts) FILTER (WHERE kind = 'run_created') AS notebook,

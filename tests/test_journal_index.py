@@ -29,36 +29,49 @@ def _started(run="r", step="s", attempt=1):
     return records.attempt_started(a, source="x = 1", forced=False, reason=None)[1]
 
 
-def test_journal_keeps_the_attempt_in_flight_until_it_finished(tmp_path):
-    j = journal.Journal(tmp_path / "log.duckdb")
-    j.started(_started())
-    lines = j.path.read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])[:3] == ["r", "s", 1]
-    j.finished()
-    assert j.path.read_text() == ""
+def test_journal_holds_events_until_they_are_in_the_log(tmp_path):
+    db = LogDB(tmp_path / "log.duckdb")
+    j = journal.Journal(db)
+    started = _started()
+    j.append([started])
+    assert [r[:4] for r in j.rows()] == [["r", "s", 1, "attempt_started"]]
+    assert [r[:4] for r in journal.live_rows(db.path, "r")] == [["r", "s", 1, "attempt_started"]]
+    upto = j.append([["r", "s", 1, "attempt_finished", records.now(), json.dumps({
+        "status": "failed", "duration_s": 0.1, "variables": [], "outputs": None,
+        "unstorable": {}, "error": None}), b"\x00bin"]], sync=True)
+    j.submit([started, j.rows()[1]], upto)
+    wait_for(lambda: j.path.read_bytes() == b"", what="the journal to empty")
+    with db.lease() as con:
+        attempts = records.run_attempts(con, "r")
+        data = con.execute("SELECT data FROM events WHERE kind = 'attempt_finished'").fetchone()
+    assert [(a.step, a.status) for a in attempts] == [("s", "failed")]
+    assert data == (b"\x00bin",)
     j.close()
     assert not j.path.exists()
+    db.close()
 
 
 def test_a_dead_process_journal_is_moved_into_the_log(tmp_path):
     log_path = tmp_path / "log.duckdb"
     code = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path[:0] = {sys.path!r}
+        from pathlib import Path
         from nbdurable import journal, records
+        from nbdurable.logdb import LogDB
         a = records.Attempt("r", "crashy", 1, "running", "h", {{}}, records.now())
-        j = journal.Journal(__import__("pathlib").Path({str(log_path)!r}))
-        j.started(records.attempt_started(a, source="boom", forced=False, reason=None)[1])
+        j = journal.Journal(LogDB(Path({str(log_path)!r})))
+        j.append([records.attempt_started(a, source="boom", forced=False, reason=None)[1]])
         print("started", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode == -9 and out.stdout == "started\n"
+    assert out.returncode == -9 and out.stdout == "started\n", out.stderr
     assert journal.has_dead(log_path)
     db = LogDB(log_path)
     with db.lease() as con:
         assert journal.recover(con, log_path) is True
+        assert journal.recover(con, log_path) is False
         attempts = records.run_attempts(con, "r")
     db.close()
     assert [(a.step, a.attempt, a.status) for a in attempts] == [("crashy", 1, "running")]

@@ -37,6 +37,7 @@ def unload(shell) -> None:
     runtime = _runtimes.pop(shell, None)
     if runtime is None:
         return
+    runtime.engine.close()
     _remove(shell.input_transformer_manager.line_transforms, runtime.input_transformer)
     _remove(shell.ast_transformers, runtime.ast_transformer)
     for event in _EVENTS:
