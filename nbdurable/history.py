@@ -19,12 +19,17 @@ def history(run: str | None = None, *, log=None, all_runs: bool = False):
         run = run or settings.run_id(_main_namespace())
     where, params = ("", []) if all_runs else ("WHERE run = ?", [run])
     with db.lease() as con:
-        if journal.recover(con, db.path):
-            db.announce_write()
-        events = _with_pending(con, journal.live_rows(db.path, None if all_runs else run))
+        events = _events(con, db, None if all_runs else run)
         sql = records.HISTORY_SQL.format(attempts=schema.ATTEMPTS_SELECT.format(events=events),
                                          where=where)
         return con.execute(sql, params).df()
+
+
+def _events(con, db, run: str | None) -> str:
+    """The events of the log, with dead processes' journals moved in and live ones' added."""
+    if journal.recover(con, db.path):
+        db.announce_write()
+    return _with_pending(con, journal.live_rows(db.path, run))
 
 
 def _with_pending(con, rows: list) -> str:
@@ -39,8 +44,12 @@ def _with_pending(con, rows: list) -> str:
 def runs(*, log=None):
     """One row per run in the log: run, notebook, created_at, last_activity, and counts of
     completed and failed attempts."""
-    with _log(log).lease() as con:
-        return con.execute(records.RUNS_SQL).df()
+    db = _log(log)
+    with db.lease() as con:
+        events = _events(con, db, None)
+        sql = records.RUNS_SQL.format(runs=schema.RUNS_SELECT.format(events=events),
+                                      attempts=schema.ATTEMPTS_SELECT.format(events=events))
+        return con.execute(sql).df()
 
 
 def _log(log):

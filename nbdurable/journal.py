@@ -8,8 +8,8 @@ So the events of an attempt go first to this process's journal
 - ``attempt_finished`` (variables and outputs included) with ``write`` + ``fdatasync``
   (~0.3 ms): from then on the checkpoint is durable, even across a power cut.
 
-A background thread then inserts both events into the log in one statement and empties the
-journal once everything in it is in the log. Until then, readers see the journal's events as
+A background thread then inserts the events into the log, those of a burst of cells (Run All)
+in one statement, and empties the journal once everything in it is in the log. Until then, readers see the journal's events as
 if they were in the log (:func:`live_rows`); the DuckDB insert changes nothing they can see, so
 it does not bump the write generation.
 
@@ -27,6 +27,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ _RECOVER = ("INSERT INTO events SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SEL
             " events WHERE run = ? AND step IS NOT DISTINCT FROM ? AND attempt IS NOT DISTINCT"
             " FROM ? AND kind = ?)")
 _DRAIN_TIMEOUT = 10.0
+_BATCH_WINDOW = 0.05  # seconds the writer waits for more attempts to insert together
 
 
 def _start_token(pid: int) -> str:
@@ -127,15 +129,24 @@ class Journal:
             item = self._queue.get()
             if item is None:
                 return
-            rows, upto = item
+            time.sleep(_BATCH_WINDOW)  # a burst of cells (Run All) becomes one statement
+            batch = [item]
+            stop = False
+            while not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
             try:
-                self.log.execute(*combine_rows(rows), announce=False)
+                self.log.execute(*combine_rows([r for rows, _ in batch for r in rows]),
+                                 announce=False)
             except Exception:  # the log is busy or gone: the rows stay in the journal, and
                 pass           # the next process to rebuild its view moves them in
             else:
-                self._mark_applied(upto)
-            finally:
-                self._queue.task_done()
+                self._mark_applied(max(upto for _, upto in batch))
+            if stop:
+                return
 
     def _mark_applied(self, upto: int) -> None:
         with self._lock:

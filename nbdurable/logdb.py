@@ -105,7 +105,7 @@ _WAITER_POLL = 0.005  # how often a lingering holder looks for waiters
 _YIELD_GRACE = 0.05  # how long a newcomer lets earlier waiters go first
 _YIELD_POLL = 0.001
 _FORK_WAIT = 0.1  # how long a fork waits for the lease's lock to detach an idle lease
-_DEFER_DELAY = 1.0  # seconds before deferred rows are written by a process not using the log
+_DEFER_DELAY = 3.0  # seconds before deferred rows are written by a process not using the log
 _GENERATION_AT = 256  # byte offset of the write generation in the .lock file
 _GENERATION_LEN = 20
 _FOREIGN_LOCK = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
@@ -183,7 +183,7 @@ class LogDB:
         """Queue a best-effort write (bookkeeping a crash may lose harmlessly).
 
         It is written with the next transaction, before the lease is given back, or by a
-        background thread about a second later if this process is not using the log.
+        background thread a few seconds later if this process is not using the log.
         """
         with self._locked() as lease:
             lease.deferred.append((sql, params))

@@ -242,6 +242,6 @@ SELECT r.run, r.notebook, r.created_at, r.last_activity,
        count(*) FILTER (WHERE a.status = 'completed') AS completed,
        count(*) FILTER (WHERE a.status = 'failed') AS failed,
        count(a.attempt) AS attempts
-FROM runs r LEFT JOIN attempts a USING (run)
+FROM ({runs}) r LEFT JOIN ({attempts}) a USING (run)
 GROUP BY ALL ORDER BY r.last_activity DESC
 """

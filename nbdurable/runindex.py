@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 from contextlib import suppress
 from pathlib import Path
 
@@ -38,6 +39,8 @@ class RunIndex:
         self._last: dict[str, records.Attempt] = {}
         self._completed: dict[str, records.Attempt] = {}
         self._dirty = False
+        self._saved_file: tuple | None = None
+        self._lock = threading.RLock()  # the release callback runs in the log's linger thread
         log.before_release(self._save)
 
     # -- keeping it true ------------------------------------------------------------------------
@@ -59,21 +62,28 @@ class RunIndex:
         if journal.recover(con, self.log.path):
             self.log.announce_write()
         generation = self.log.generation()  # before reading: a later change is then noticed
-        self._last.clear()
-        self._completed.clear()
         pending = journal.live_rows(self.log.path, self.run)
-        for attempt in records.run_attempts(con, self.run, pending):
-            self.note(attempt)
-        self.generation = generation
-        self._dirty = True
+        attempts = records.run_attempts(con, self.run, pending)
+        with self._lock:
+            self._last.clear()
+            self._completed.clear()
+            for attempt in attempts:
+                self._note(attempt)
+            self.generation = generation
+            self._dirty = True
 
     def wrote(self, before: int, after: int) -> None:
-        """This process wrote (holding the lease) and moved the generation from before to after."""
-        self.generation = after if self.generation == before else None
-        self._dirty = True
+        """This process wrote and moved the generation from before to after."""
+        with self._lock:
+            self.generation = after if self.generation == before else None
+            self._dirty = True
 
     def note(self, attempt: records.Attempt) -> None:
         """Take an attempt into account (loaded, or just written by this process)."""
+        with self._lock:
+            self._note(attempt)
+
+    def _note(self, attempt: records.Attempt) -> None:
         last = self._last.get(attempt.step)
         if last is None or attempt.attempt >= last.attempt:
             self._last[attempt.step] = attempt
@@ -100,17 +110,23 @@ class RunIndex:
 
     def _save(self, generation: int) -> None:
         """Called holding the lease just before it is given back."""
-        if not self._dirty or self.generation != generation or generation <= 0:
+        with self._lock:
+            self._save_locked(generation)
+
+    def _save_locked(self, generation: int) -> None:
+        file_state = _file_state(self.log.path)
+        if self.generation != generation or generation <= 0:
             return
+        if not self._dirty and file_state == self._saved_file:
+            return  # the snapshot on disk is still exact
         path = self._snapshot_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"format": _FORMAT, "run": self.run, "generation": generation,
-                 "file": _file_state(self.log.path),
-                 "last": self._last, "completed": self._completed}
+                 "file": file_state, "last": self._last, "completed": self._completed}
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(pickle.dumps(state, protocol=5))
         os.replace(tmp, path)
-        self._dirty = False
+        self._dirty, self._saved_file = False, file_state
 
     def _load_snapshot(self, generation: int) -> bool:
         if journal.has_dead(self.log.path):
@@ -125,11 +141,12 @@ class RunIndex:
                 or state.get("file") != _file_state(self.log.path)
                 or self.log.generation() != generation):  # someone wrote while we read it
             return False
-        self._last, self._completed = state["last"], state["completed"]
         rows = [tuple(r[1:]) for r in journal.live_rows(self.log.path, self.run)]
-        for attempt in records.assemble(self.run, rows):
-            self.note(attempt)
-        self.generation = generation
+        with self._lock:
+            self._last, self._completed = state["last"], state["completed"]
+            for attempt in records.assemble(self.run, rows):
+                self._note(attempt)
+            self.generation = generation
         return True
 
 

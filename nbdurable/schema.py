@@ -44,6 +44,13 @@ ATTEMPTS_SELECT = """
         AND f.attempt = s.attempt
     WHERE s.kind = 'attempt_started'"""
 
+#: The ``runs`` view's query, likewise.
+RUNS_SELECT = """
+    SELECT run,
+           arg_min(body ->> 'notebook', ts) FILTER (WHERE kind = 'run_created') AS notebook,
+           min(ts) AS created_at, max(ts) AS last_activity
+    FROM {events} GROUP BY run"""
+
 DDL: tuple[str, ...] = (
     """CREATE TABLE nbdurable_meta (
         key VARCHAR NOT NULL,
@@ -60,9 +67,5 @@ DDL: tuple[str, ...] = (
     )""",
     # One row per execution attempt of a step; status is running until it finished.
     "CREATE VIEW attempts AS " + ATTEMPTS_SELECT.format(events="events"),
-    """CREATE VIEW runs AS
-    SELECT run,
-           arg_min(body ->> 'notebook', ts) FILTER (WHERE kind = 'run_created') AS notebook,
-           min(ts) AS created_at, max(ts) AS last_activity
-    FROM events GROUP BY run""",
+    "CREATE VIEW runs AS " + RUNS_SELECT.format(events="events"),
 )
