@@ -6,6 +6,7 @@ installed nbdurable, with its own environment (log file, run id) and working dir
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -73,9 +74,15 @@ class Kernel:
     """One running ipykernel process."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None,
-                 kernel_name: str = "python3"):
+                 kernel_name: str = "python3", python: str | None = None):
+        """``python``: run the kernel with that interpreter (another venv, e.g. an older
+        ipykernel) instead of this one."""
         self.workdir = workdir
-        self.km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=ipc_prefix())
+        extra = {"kernel_spec_manager": _spec_manager(python)} if python else {}
+        if python:
+            kernel_name = "nbdurable-test"
+        self.km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=ipc_prefix(),
+                                **extra)
         self.km.start_kernel(cwd=str(workdir), env=env or kernel_env(workdir))
         self.kc = self.km.client()
         self.kc.start_channels()
@@ -142,6 +149,19 @@ class Kernel:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _spec_manager(python: str):
+    """A kernelspec running ``python -m ipykernel_launcher``, in a directory of its own."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    root = Path(tempfile.mkdtemp(prefix="nbd-spec-"))
+    spec = root / "kernels" / "nbdurable-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"test kernel ({python})", "language": "python"}))
+    return KernelSpecManager(kernel_dirs=[str(root / "kernels")])
 
 
 def notebook(*sources: str) -> nbformat.NotebookNode:
