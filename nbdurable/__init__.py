@@ -24,6 +24,21 @@ _LAZY = {
     "runs": "nbdurable.history",
     "errors": "nbdurable.errors",
     "NbdurableError": "nbdurable.errors",
+    "WaitTimeout": "nbdurable.errors",
+    "sleep": "nbdurable.waits",
+    "wait_for_event": "nbdurable.waits",
+    "wait_any": "nbdurable.waits",
+    "wait_all": "nbdurable.waits",
+    "sleep_async": "nbdurable.waits",
+    "wait_for_event_async": "nbdurable.waits",
+    "wait_any_async": "nbdurable.waits",
+    "wait_all_async": "nbdurable.waits",
+    "Sleep": "nbdurable.waits",
+    "Event": "nbdurable.waits",
+    "WaitResult": "nbdurable.waits",
+    "push_event": "nbdurable.events",
+    "list_events": "nbdurable.events",
+    "event_button": "nbdurable.ipython.panel",
 }
 
 __all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension", "__version__"])
@@ -59,7 +74,11 @@ def unload_ipython_extension(ipython) -> None:
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors
-    from .errors import NbdurableError
+    from .errors import NbdurableError, WaitTimeout
+    from .events import list_events, push_event
+    from .ipython.panel import event_button
+    from .waits import (Event, Sleep, WaitResult, sleep, sleep_async, wait_all, wait_all_async,
+                        wait_any, wait_any_async, wait_for_event, wait_for_event_async)
     from .history import history, runs
     from .settings import configure
     from .steps import once, once_reset, once_resolve, step

@@ -24,6 +24,7 @@ class StepContext:
     attempt: int
     force: bool = False
     namespace: dict | None = None
+    source_hash: str = ""
     #: recorded @step calls of this step (loaded at the first call)
     calls: dict | None = None
     _counters: dict[str, int] = field(default_factory=dict)
@@ -71,3 +72,32 @@ def active(ctx: StepContext) -> Iterator[StepContext]:
         yield ctx
     finally:
         leave(ctx, token)
+
+
+def main_namespace() -> dict | None:
+    """The notebook's namespace: the active step's, else ``__main__``'s."""
+    import sys
+
+    ctx = current()
+    if ctx is not None and ctx.namespace is not None:
+        return ctx.namespace
+    main = sys.modules.get("__main__")
+    return getattr(main, "__dict__", None)
+
+
+def locate(run: str | None = None, log=None) -> tuple[Any, str]:
+    """The log and run to use: given ones, else the active step's, else the configured ones
+    (``NBDURABLE_LOG`` / ``NBDURABLE_RUN`` / ``configure`` / the notebook's identity)."""
+    from . import settings
+    from .logdb import open_log
+
+    ctx = current()
+    if log is None:
+        log = ctx.log if ctx is not None else open_log(settings.log_path())
+    elif not hasattr(log, "transaction"):
+        log = open_log(settings.check_log_arg(log))
+    if run is None:
+        run = ctx.run if ctx is not None else settings.run_id(main_namespace())
+    else:
+        run = settings.check_run_id(run)
+    return log, run

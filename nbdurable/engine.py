@@ -190,7 +190,8 @@ class Engine:
         index.note(attempt)
         index.wrote(before, log.generation())
         ns = self.namespace if isinstance(self.namespace, dict) else None
-        ctx = context.StepContext(log, run, spec.name, attempt.attempt, spec.force, ns)
+        ctx = context.StepContext(log, run, spec.name, attempt.attempt, spec.force, ns,
+                                  spec.source_hash)
         execution = Execution(decision, attempt, rows, time.perf_counter(),
                               dict(self.namespace), ctx)
         execution.token = context.enter(ctx)

@@ -57,5 +57,17 @@ class OnceInDoubtError(StepError):
     """
 
 
+class UnknownRunError(NbdurableError, LookupError):
+    """The run named is not in the log."""
+
+
+class WaitTimeout(StepError, TimeoutError):
+    """A wait's timeout (a recorded deadline) passed before its event arrived."""
+
+
+class WaitMismatchError(StepError):
+    """The code reached another wait than the one the log recorded at that point."""
+
+
 class UnstorableValueWarning(UserWarning):
     """A variable produced by a durable cell could not be stored in the log."""

@@ -25,6 +25,9 @@ CALL_COMPLETED = "call_completed"
 ONCE_STARTED = "once_started"
 ONCE_FINISHED = "once_finished"
 ONCE_RESET = "once_reset"
+EVENT_PUSHED = "event_pushed"
+WAIT_STARTED = "wait_started"
+WAIT_COMPLETED = "wait_completed"
 
 #: The ``attempts`` view's query, over any relation with the columns of ``events``.
 ATTEMPTS_SELECT = """

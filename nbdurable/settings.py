@@ -99,6 +99,11 @@ def check_run_id(run: object, *, source: str = "the run id") -> str:
     return run
 
 
+def check_log_arg(log: str | os.PathLike) -> Path:
+    """A log path given as an argument (``log=``, ``--log``)."""
+    return _check_log_path(Path(log))
+
+
 def _check_log_path(path: Path) -> Path:
     path = path.expanduser().absolute()
     if path.is_dir():

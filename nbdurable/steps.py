@@ -140,27 +140,11 @@ def _call_fingerprint(fn, args, kwargs) -> str:
 
 
 def _main_namespace() -> dict | None:
-    ctx = context.current()
-    if ctx is not None and ctx.namespace is not None:
-        return ctx.namespace
-    main = sys.modules.get("__main__")
-    return getattr(main, "__dict__", None)
+    return context.main_namespace()
 
-
-# -- once -----------------------------------------------------------------------------------
 
 def _where(run: str | None, log) -> tuple[Any, str]:
-    """The log and run a ``once`` key belongs to: the active step's, else the configured ones."""
-    from .logdb import open_log
-
-    ctx = context.current()
-    if log is None:
-        log = ctx.log if ctx is not None else open_log(settings.log_path())
-    elif not hasattr(log, "transaction"):
-        log = open_log(log)
-    if run is None:
-        run = ctx.run if ctx is not None else settings.run_id(_main_namespace())
-    return log, run
+    return context.locate(run, log)
 
 
 def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:

@@ -29,6 +29,11 @@ def load(shell) -> KernelRuntime:
     for event in _EVENTS:
         shell.events.register(event, getattr(runtime, event))
     runtime.inject()
+    if getattr(shell, "kernel", None) is not None:
+        from .. import waits
+        from .panel import WaitPanel
+
+        waits.set_ui(WaitPanel)
     _runtimes[shell] = runtime
     return runtime
 
@@ -38,6 +43,9 @@ def unload(shell) -> None:
     if runtime is None:
         return
     runtime.engine.close()
+    from .. import waits
+
+    waits.set_ui(None)
     _remove(shell.input_transformer_manager.line_transforms, runtime.input_transformer)
     _remove(shell.ast_transformers, runtime.ast_transformer)
     for event in _EVENTS:

@@ -1,0 +1,150 @@
+"""Events: a durable mailbox per run, fed from anywhere, consumed by waits.
+
+An event is an ``event_pushed`` row (key, JSON payload, id). Pushed before anyone waits for it,
+it is kept. A wait consumes the oldest unconsumed event of its key; the consumption is part of
+the ``wait_completed`` row that records the wait's outcome, so an event is consumed at most once
+and never lost between a wait and its record. Pushing with an ``id`` is idempotent: a retried
+push of the same id adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import context, journal, records, schema
+from .errors import UnknownRunError, UsageError
+
+MAX_KEY = 200
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An event in the mailbox, not consumed yet."""
+
+    id: str
+    key: str
+    payload: Any
+    pushed_at: datetime
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY:
+        raise UsageError(f"an event key is a non-empty string of at most {MAX_KEY} characters, "
+                         f"got {key!r}")
+    return key
+
+
+def check_payload(payload: Any) -> Any:
+    """The payload as plain JSON data; a clear error when it is not JSON."""
+    try:
+        text = json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"the event payload must be JSON (dicts, lists, strings, numbers, "
+                         f"true/false/null): {exc}") from None
+    return json.loads(text)
+
+
+def parse_payload(text: str) -> Any:
+    """A payload typed by a person (CLI, widget field): JSON text; empty means null."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"the payload is not valid JSON ({exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}); quote strings: '\"yes\"'") from None
+
+
+def push_event(key: str, payload: Any = None, *, run: str | None = None, log=None,
+               id: str | None = None) -> str:
+    """Put an event in a run's mailbox; return its id. Works from any process.
+
+    ``run``/``log`` default to the current ones (``NBDURABLE_RUN`` / ``NBDURABLE_LOG``, the
+    notebook). ``id`` makes a retried push idempotent.
+    """
+    key = check_key(key)
+    payload = check_payload(payload)
+    event_id = str(id) if id is not None else uuid.uuid4().hex
+    log, run = context.locate(run, log)
+    body = json.dumps({"id": event_id, "key": key, "payload": payload, "pid": os.getpid(),
+                       "host": records.HOST})
+    with log.transaction() as con:
+        _check_run(con, log, run)
+        if con.execute("SELECT 1 FROM events WHERE run = ? AND kind = ? AND body ->> 'id' = ?"
+                       " LIMIT 1", [run, schema.EVENT_PUSHED, event_id]).fetchone():
+            return event_id
+        con.execute("INSERT INTO events VALUES (?, NULL, NULL, ?, ?, ?, NULL)",
+                    [run, schema.EVENT_PUSHED, records.now(), body])
+    return event_id
+
+
+def _check_run(con, log, run: str) -> None:
+    if con.execute("SELECT 1 FROM events WHERE run = ? LIMIT 1", [run]).fetchone():
+        return
+    if any(r[0] == run for r in journal.live_rows(log.path, run)):
+        return
+    known = [r for (r,) in con.execute("SELECT DISTINCT run FROM events ORDER BY run LIMIT 11")
+             .fetchall()]
+    listed = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none"
+    raise UnknownRunError(f"run {run!r} is not in the log {log.path} (runs there: {listed}); "
+                          "check the run id, or run the notebook first")
+
+
+def mailbox(con, run: str, keys) -> list[Pending]:
+    """Unconsumed events of ``keys`` in ``run``, oldest first (hold the lease)."""
+    keys = sorted(set(keys))
+    if not keys:
+        return []
+    marks = ", ".join("?" * len(keys))
+    rows = con.execute(
+        f"SELECT ts, body FROM events WHERE run = ? AND kind = ? AND body ->> 'key' IN ({marks})"
+        " ORDER BY rowid", [run, schema.EVENT_PUSHED, *keys]).fetchall()
+    consumed = consumed_ids(con, run)
+    found = []
+    for ts, body in rows:
+        body = json.loads(body)
+        if body["id"] not in consumed:
+            found.append(Pending(body["id"], body["key"], body["payload"], ts))
+    return found
+
+
+def consumed_ids(con, run: str) -> dict[str, dict]:
+    """id -> the wait that consumed it (step, wait key, when)."""
+    rows = con.execute("SELECT step, ts, body FROM events WHERE run = ? AND kind = ?"
+                       " ORDER BY rowid", [run, schema.WAIT_COMPLETED]).fetchall()
+    consumed = {}
+    for step, ts, body in rows:
+        body = json.loads(body)
+        for event_id in body.get("consumed", []):
+            consumed[event_id] = {"step": step, "wait": body.get("wait"), "consumed_at": ts}
+    return consumed
+
+
+def list_events(run: str | None = None, *, log=None):
+    """The run's events, oldest first: id, key, payload (JSON text), pushed_at, status
+    (pending or consumed), consumed_by (step and wait), consumed_at. A DataFrame."""
+    import pandas as pd
+
+    log, run = context.locate(run, log)
+    with log.lease() as con:
+        _check_run(con, log, run)
+        rows = con.execute("SELECT ts, body FROM events WHERE run = ? AND kind = ?"
+                           " ORDER BY rowid", [run, schema.EVENT_PUSHED]).fetchall()
+        consumed = consumed_ids(con, run)
+    records_ = []
+    for ts, body in rows:
+        body = json.loads(body)
+        used = consumed.get(body["id"])
+        records_.append({
+            "id": body["id"], "key": body["key"], "payload": json.dumps(body["payload"]),
+            "pushed_at": ts, "status": "consumed" if used else "pending",
+            "consumed_by": f"{used['step'] or '(no step)'} {used['wait'] or ''}".strip()
+            if used else None,
+            "consumed_at": used["consumed_at"] if used else None})
+    columns = ["id", "key", "payload", "pushed_at", "status", "consumed_by", "consumed_at"]
+    return pd.DataFrame.from_records(records_, columns=columns)

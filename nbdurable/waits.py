@@ -1,0 +1,417 @@
+"""Durable waits: sleep, wait for an event, any-of, all-of.
+
+A wait inside a durable cell is keyed like a ``@step`` call, by its order in the cell
+(``wait#0``, ``wait#1``...) and the cell's source. The first time it is reached, a
+``wait_started`` row records its deadlines (sleeps, timeouts); after a crash the same wait
+sleeps only what is left. When it is satisfied, one ``wait_completed`` row records the outcome
+and the events it consumed, atomically. When the cell runs again (a replay that re-executes, a
+crash), a completed wait returns its recorded outcome at once; reaching another wait at that
+point than the recorded one is an error naming both. An edited cell, or ``--force``, waits anew.
+
+While waiting, the process holds nothing: it reads the log's write generation (one ``pread``)
+every few milliseconds and looks at the mailbox only when it changed (a push bumps it) or a
+deadline passed. The IPython adapter plugs a UI in (:func:`set_ui`): a panel with buttons, and
+a pump that delivers widget clicks while the cell blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import context, events, records, schema
+from .errors import UsageError, WaitMismatchError, WaitTimeout
+
+POLL = 0.01  # seconds between two looks at the write generation
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """A condition: ``duration`` (seconds or a timedelta) has passed since the wait began."""
+
+    duration: float
+
+    def __init__(self, duration: float | timedelta):
+        object.__setattr__(self, "duration", seconds(duration))
+
+    def describe(self) -> str:
+        return f"sleep {_human(self.duration)}"
+
+    def spec(self) -> list:
+        return ["sleep", self.duration]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A condition: an event with this key is in the run's mailbox."""
+
+    key: str
+
+    def __init__(self, key: str):
+        object.__setattr__(self, "key", events.check_key(key))
+
+    def describe(self) -> str:
+        return f"event `{self.key}`"
+
+    def spec(self) -> list:
+        return ["event", self.key]
+
+
+Condition = Sleep | Event
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    """What ended a :func:`wait_any`: the position of the condition, it, and its payload."""
+
+    index: int
+    condition: Condition
+    payload: Any = None
+
+
+def seconds(duration: float | timedelta) -> float:
+    if isinstance(duration, timedelta):
+        duration = duration.total_seconds()
+    if (not isinstance(duration, (int, float)) or isinstance(duration, bool)
+            or not math.isfinite(duration) or duration < 0):
+        raise UsageError(f"a duration is a number of seconds >= 0 or a timedelta, "
+                         f"got {duration!r}")
+    return float(duration)
+
+
+# -- the UI hook -------------------------------------------------------------------------------
+
+_ui: Callable[[Wait], Any] | None = None
+
+
+def set_ui(factory: Callable[[Wait], Any] | None) -> None:
+    """Install how a waiting process shows the wait and stays responsive: ``factory(wait)``
+    returns an object with ``tick(timeout)`` (wait at most that long, doing UI work),
+    ``finished(text)`` and ``close()``. ``None``: plain sleeping."""
+    global _ui
+    _ui = factory
+
+
+class _SleepUI:
+    def tick(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def finished(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# -- one wait ----------------------------------------------------------------------------------
+
+class Wait:
+    """A wait in progress: where it is recorded, its conditions and deadlines."""
+
+    def __init__(self, conditions: tuple[Condition, ...], mode: str, timeout: float | None):
+        for c in conditions:
+            if not isinstance(c, (Sleep, Event)):
+                raise UsageError(f"wait conditions are nbdurable.Sleep(...) or "
+                                 f"nbdurable.Event(...), got {c!r}")
+        if not conditions:
+            raise UsageError(f"wait_{mode}() needs at least one condition")
+        self.conditions, self.mode = conditions, mode
+        self.timeout = None if timeout is None else seconds(timeout)
+        self.ctx = context.current()
+        self.log, self.run = context.locate()
+        self.key = self.ctx.next_call_key("wait") if self.ctx else None
+        self.deadlines: list[datetime | None] = []
+        self.timeout_at: datetime | None = None
+
+    @property
+    def spec(self) -> dict:
+        return {"mode": self.mode, "conditions": [c.spec() for c in self.conditions],
+                "timeout": self.timeout}
+
+    def describe(self) -> str:
+        joiner = " and " if self.mode == "all" else " or "
+        text = joiner.join(c.describe() for c in self.conditions)
+        return text + (f", timeout {_human(self.timeout)}" if self.timeout is not None else "")
+
+    def keys(self) -> list[str]:
+        return [c.key for c in self.conditions if isinstance(c, Event)]
+
+    def next_deadline(self) -> datetime | None:
+        times = [d for d in self.deadlines if d is not None]
+        if self.timeout_at is not None:
+            times.append(self.timeout_at)
+        return min(times) if times else None
+
+    # -- the log --------------------------------------------------------------------------------
+    def _where(self) -> tuple[str | None, str, list]:
+        step = self.ctx.step if self.ctx else None
+        return step, self.key or "", [self.run, step, self.key, self.ctx.source_hash if self.ctx
+                                      else ""]
+
+    def recall(self) -> dict | None:
+        """Start the wait: the recorded outcome if it completed before, else None (deadlines
+        recorded or recovered)."""
+        now = records.now()
+        started = completed = None
+        if self.ctx is not None and not self.ctx.force:
+            started, completed = self._recorded()
+        if completed is not None:
+            self._check_same(completed)
+            return completed["outcome"]
+        if started is not None:
+            self._check_same(started)
+            self.deadlines = [_dt(d) for d in started["deadlines"]]
+            self.timeout_at = _dt(started["timeout_at"])
+            return None
+        self.deadlines = [now + timedelta(seconds=c.duration) if isinstance(c, Sleep) else None
+                          for c in self.conditions]
+        self.timeout_at = (now + timedelta(seconds=self.timeout)
+                           if self.timeout is not None else None)
+        if self.ctx is not None:
+            self._write(schema.WAIT_STARTED, {
+                "deadlines": [_iso(d) for d in self.deadlines],
+                "timeout_at": _iso(self.timeout_at)})
+        return None
+
+    def _recorded(self) -> tuple[dict | None, dict | None]:
+        with self.log.lease() as con:
+            rows = con.execute(
+                "SELECT kind, body FROM events WHERE run = ? AND step = ? AND kind IN (?, ?)"
+                " AND body ->> 'wait' = ? AND body ->> 'source_hash' = ? ORDER BY rowid",
+                [self.run, self.ctx.step, schema.WAIT_STARTED, schema.WAIT_COMPLETED,
+                 self.key, self.ctx.source_hash]).fetchall()
+        started = completed = None
+        for kind, body in rows:
+            if kind == schema.WAIT_STARTED:
+                started, completed = json.loads(body), None
+            else:
+                completed = json.loads(body)
+        return started, completed
+
+    def _check_same(self, recorded: dict) -> None:
+        if recorded["spec"] != json.loads(json.dumps(self.spec)):
+            raise WaitMismatchError(
+                f"step {self.ctx.step!r} reached {self.key} = {self.describe()}, but the log "
+                f"recorded {self.key} = {_describe_spec(recorded['spec'])} at that point; the "
+                "cell's waits must not depend on data that changes between runs "
+                "(or run it with --force)")
+
+    def _body(self, extra: dict) -> str:
+        return json.dumps({"wait": self.key, "spec": self.spec,
+                           "source_hash": self.ctx.source_hash if self.ctx else "",
+                           "attempt": self.ctx.attempt if self.ctx else None, **extra})
+
+    def _write(self, kind: str, extra: dict, con=None) -> None:
+        row = [self.run, self.ctx.step if self.ctx else None,
+               self.ctx.attempt if self.ctx else None, kind, records.now(), self._body(extra),
+               None]
+        sql = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)"
+        if con is not None:
+            con.execute(sql, row)
+        else:
+            self.log.execute(sql, row, announce=False)
+
+    # -- completing -----------------------------------------------------------------------------
+    def try_complete(self) -> dict | None:
+        """If the wait is satisfied now, record its outcome (consuming its events) and return
+        it, all in one transaction."""
+        with self.log.transaction(announce=False) as con:
+            now = records.now()
+            pending = events.mailbox(con, self.run, self.keys()) if self.keys() else []
+            outcome = self._outcome(pending, now)
+            if outcome is not None:
+                self._write(schema.WAIT_COMPLETED, {
+                    "outcome": outcome, "consumed": outcome.pop("_consumed")}, con)
+        return outcome
+
+    def _outcome(self, pending: list[events.Pending], now: datetime) -> dict | None:
+        if self.mode == "any":
+            for i, cond in enumerate(self.conditions):
+                if isinstance(cond, Sleep) and self.deadlines[i] <= now:
+                    return {"index": i, "payloads": [None], "_consumed": []}
+                if isinstance(cond, Event):
+                    found = next((p for p in pending if p.key == cond.key), None)
+                    if found is not None:
+                        return {"index": i, "payloads": [found.payload], "_consumed": [found.id]}
+        else:
+            taken = _take_all(self.conditions, pending)
+            sleeps_done = all(d is None or d <= now for d in self.deadlines)
+            if taken is not None and sleeps_done:
+                return {"index": None, "payloads": [p.payload if p else None for p in taken],
+                        "_consumed": [p.id for p in taken if p]}
+        if self.timeout_at is not None and self.timeout_at <= now:
+            return {"index": None, "payloads": [], "timeout": True, "_consumed": []}
+        return None
+
+    # -- the loops ------------------------------------------------------------------------------
+    def run_sync(self) -> dict:
+        ui = _ui(self) if _ui is not None else _SleepUI()
+        try:
+            outcome = None
+            last = None
+            while outcome is None:
+                generation = self.log.generation()
+                if generation != last or self._due():
+                    last = generation
+                    outcome = self.try_complete()
+                if outcome is None:
+                    ui.tick(self._pause())
+            ui.finished(self.outcome_text(outcome))
+            return outcome
+        finally:
+            ui.close()
+
+    async def run_async(self) -> dict:
+        """The same loop for top-level ``await``: the kernel keeps handling messages (on
+        ipykernel 7.4+ widget clicks reach their handlers while a cell awaits)."""
+        outcome = None
+        last = None
+        while outcome is None:
+            generation = self.log.generation()
+            if generation != last or self._due():
+                last = generation
+                outcome = self.try_complete()
+            if outcome is None:
+                await asyncio.sleep(self._pause())
+        return outcome
+
+    def _due(self) -> bool:
+        deadline = self.next_deadline()
+        return deadline is not None and deadline <= records.now()
+
+    def _pause(self) -> float:
+        deadline = self.next_deadline()
+        if deadline is None:
+            return POLL
+        left = (deadline - records.now()).total_seconds()
+        return max(0.0, min(POLL, left))
+
+    def outcome_text(self, outcome: dict) -> str:
+        if outcome.get("timeout"):
+            return f"timed out after {_human(self.timeout)}"
+        if outcome["index"] is None:
+            return f"all done: {self.describe()}"
+        cond = self.conditions[outcome["index"]]
+        payload = outcome["payloads"][0]
+        suffix = f" with {json.dumps(payload)}" if payload is not None else ""
+        return f"{cond.describe()} fired{suffix}"
+
+
+def _take_all(conditions, pending: list[events.Pending]) -> list | None:
+    """For wait_all: one distinct pending event per Event condition (None for sleeps)."""
+    needed = Counter(c.key for c in conditions if isinstance(c, Event))
+    by_key: dict[str, list[events.Pending]] = {}
+    for p in pending:
+        by_key.setdefault(p.key, []).append(p)
+    if any(len(by_key.get(k, [])) < n for k, n in needed.items()):
+        return None
+    taken = []
+    for c in conditions:
+        taken.append(by_key[c.key].pop(0) if isinstance(c, Event) else None)
+    return taken
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _human(secs: float | None) -> str:
+    if secs is None:
+        return "-"
+    if secs < 120:
+        return f"{secs:g} s"
+    if secs < 7200:
+        return f"{secs / 60:.0f} min"
+    return f"{secs / 3600:.1f} h"
+
+
+def _describe_spec(spec: dict) -> str:
+    parts = [f"sleep {_human(v)}" if kind == "sleep" else f"event `{v}`"
+             for kind, v in spec["conditions"]]
+    return (" and " if spec["mode"] == "all" else " or ").join(parts)
+
+
+# -- the public functions ----------------------------------------------------------------------
+
+def _result(wait: Wait, outcome: dict, shape: str):
+    if outcome.get("timeout"):
+        raise WaitTimeout(f"{wait.describe()}: no event within {_human(wait.timeout)} "
+                          f"({wait.key or 'wait'} in run {wait.run!r})")
+    if shape == "any":
+        i = outcome["index"]
+        return WaitResult(i, wait.conditions[i], outcome["payloads"][0])
+    if shape == "all":
+        return list(outcome["payloads"])
+    if shape == "event":
+        return outcome["payloads"][0]
+    return None
+
+
+def _wait(conditions, mode: str, shape: str, timeout: float | None = None):
+    wait = Wait(tuple(conditions), mode, timeout)
+    outcome = wait.recall()
+    if outcome is None:
+        outcome = wait.run_sync()
+    return _result(wait, outcome, shape)
+
+
+async def _wait_async(conditions, mode: str, shape: str, timeout: float | None = None):
+    wait = Wait(tuple(conditions), mode, timeout)
+    outcome = wait.recall()
+    if outcome is None:
+        outcome = await wait.run_async()
+    return _result(wait, outcome, shape)
+
+
+def sleep(duration: float | timedelta) -> None:
+    """Sleep durably: the wake-up time is recorded the first time; after a restart only the
+    time left is slept."""
+    _wait([Sleep(duration)], "any", "none")
+
+
+def wait_for_event(key: str, timeout: float | timedelta | None = None) -> Any:
+    """Wait for an event with ``key`` (consumed from the run's mailbox); return its payload.
+    :class:`~nbdurable.errors.WaitTimeout` when ``timeout`` (a recorded deadline) passes first."""
+    return _wait([Event(key)], "any", "event", None if timeout is None else seconds(timeout))
+
+
+def wait_any(*conditions: Condition) -> WaitResult:
+    """Wait until one condition is met; ``.index``, ``.condition``, ``.payload`` say which."""
+    return _wait(conditions, "any", "any")
+
+
+def wait_all(*conditions: Condition) -> list:
+    """Wait until every condition is met; the payloads in order (None for sleeps)."""
+    return _wait(conditions, "all", "all")
+
+
+async def sleep_async(duration: float | timedelta) -> None:
+    """:func:`sleep` for top-level ``await``."""
+    await _wait_async([Sleep(duration)], "any", "none")
+
+
+async def wait_for_event_async(key: str, timeout: float | timedelta | None = None) -> Any:
+    """:func:`wait_for_event` for top-level ``await``."""
+    return await _wait_async([Event(key)], "any", "event",
+                             None if timeout is None else seconds(timeout))
+
+
+async def wait_any_async(*conditions: Condition) -> WaitResult:
+    """:func:`wait_any` for top-level ``await``."""
+    return await _wait_async(conditions, "any", "any")
+
+
+async def wait_all_async(*conditions: Condition) -> list:
+    """:func:`wait_all` for top-level ``await``."""
+    return await _wait_async(conditions, "all", "all")
