@@ -80,6 +80,8 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
             return event_id
         con.execute("INSERT INTO events VALUES (?, NULL, NULL, ?, ?, ?, NULL)",
                     [run, schema.EVENT_PUSHED, records.now(), body])
+    if context.current() is None:
+        log.release()  # a push is one-off: let the waiting process in at once
     return event_id
 
 
