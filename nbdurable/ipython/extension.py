@@ -31,9 +31,10 @@ def load(shell) -> KernelRuntime:
     runtime.inject()
     if getattr(shell, "kernel", None) is not None:
         from .. import waits
-        from .panel import WaitPanel
+        from . import panel, pump
 
-        waits.set_ui(WaitPanel)
+        waits.set_ui(panel.WaitPanel)
+        pump.watch_comms(shell.kernel, panel.registry)
     _runtimes[shell] = runtime
     return runtime
 
@@ -44,8 +45,11 @@ def unload(shell) -> None:
         return
     runtime.engine.close()
     from .. import waits
+    from . import pump
 
     waits.set_ui(None)
+    if getattr(shell, "kernel", None) is not None:
+        pump.unwatch_comms(shell.kernel)
     _remove(shell.input_transformer_manager.line_transforms, runtime.input_transformer)
     _remove(shell.ast_transformers, runtime.ast_transformer)
     for event in _EVENTS:

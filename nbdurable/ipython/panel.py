@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from .. import events
+from .pump import CommRegistry, ShellPump
 
 _COUNTDOWN_EVERY = 1.0  # seconds between two updates of the countdown
 
@@ -165,54 +166,40 @@ def _kernel():
 def _pump_for(kernel):
     if kernel is None:
         return None
-    try:
-        from .pump import ShellPump
-    except ImportError:  # pragma: no cover - the pump ships with the package
-        return None
-
     pump = ShellPump(kernel)
     pump.__enter__()
     return pump
 
 
+#: comm id -> callback, fed by :func:`pump.watch_comms` (installed by the extension).
+registry = CommRegistry()
 _watched: dict[str, _EventControls] = {}
 _watched_lock = threading.Lock()
 
 
+def _comm_id(widget) -> str | None:
+    return getattr(widget, "comm_id", None) or getattr(getattr(widget, "comm", None),
+                                                       "comm_id", None)
+
+
 def _watch(controls: _EventControls) -> None:
     """Let the shell-channel watcher see clicks on this button sent while a cell is queued."""
-    try:
-        from . import pump
-    except ImportError:  # pragma: no cover
-        return
-
-    comm_id = getattr(controls.button, "comm_id", None) or getattr(
-        getattr(controls.button, "comm", None), "comm_id", None)
-    if comm_id is None or controls.kernel is None:
-        return
-    with _watched_lock:
-        _watched[comm_id] = controls
-    pump.register_comm(controls.kernel, comm_id, _on_queued_message)
-    if controls.field is not None:
-        field_id = getattr(controls.field, "comm_id", None)
-        if field_id:
+    widgets = [controls.button] + ([controls.field] if controls.field is not None else [])
+    for widget in widgets:
+        comm_id = _comm_id(widget)
+        if comm_id:
             with _watched_lock:
-                _watched[field_id] = controls
-            pump.register_comm(controls.kernel, field_id, _on_queued_message)
+                _watched[comm_id] = controls
+            registry.register(comm_id, _on_queued_message)
 
 
 def _unwatch(controls: _EventControls) -> None:
-    try:
-        from . import pump
-    except ImportError:  # pragma: no cover
-        return
-
     with _watched_lock:
         ids = [cid for cid, c in _watched.items() if c is controls]
         for cid in ids:
             del _watched[cid]
     for cid in ids:
-        pump.unregister_comm(controls.kernel, cid)
+        registry.unregister(cid)
 
 
 def _on_queued_message(comm_id: str, data: dict, msg_id: str) -> None:
@@ -225,7 +212,7 @@ def _on_queued_message(comm_id: str, data: dict, msg_id: str) -> None:
     if data.get("method") == "update" and "value" in (data.get("state") or {}):
         controls._field_value = data["state"]["value"]
     elif data.get("method") == "custom" and (data.get("content") or {}).get("event") == "click":
-        if comm_id == getattr(controls.button, "comm_id", None):
+        if comm_id == _comm_id(controls.button):
             controls.click(msg_id)
 
 

@@ -98,7 +98,23 @@ class KernelRuntime:
             self._recorder.start()
 
     # -- IPython events -------------------------------------------------------------------------
+    def _for_a_cell(self) -> bool:
+        """Is the kernel handling an execute request? The ``comm`` package fires pre/post_execute
+        around each widget message too, also while a durable cell waits: those are not ends of
+        cells."""
+        get_parent = getattr(self.kernel, "get_parent", None)
+        if get_parent is None:
+            return True
+        try:
+            parent = get_parent("shell")
+        except TypeError:
+            parent = get_parent()
+        msg_type = ((parent or {}).get("header") or {}).get("msg_type")
+        return msg_type in (None, "execute_request")
+
     def pre_execute(self) -> None:
+        if not self._for_a_cell():
+            return
         self._durable_cell_seen = False
         self._raw_cell = None
         self.inject()
@@ -115,6 +131,10 @@ class KernelRuntime:
         self._raw_cell = getattr(info, "raw_cell", None)
 
     def post_execute(self) -> None:
+        if not self._for_a_cell():
+            # a widget callback ran: it may have changed any variable
+            self.engine.plain_cell_ran(None)
+            return
         try:
             if self._execution is not None:
                 self._finish()
