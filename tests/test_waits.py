@@ -145,7 +145,7 @@ def test_many_processes_push_concurrently_none_lost_none_doubled(log, tmp_path):
 
 # -- in a kernel ------------------------------------------------------------------------------
 
-def test_event_from_the_cli_releases_a_waiting_cell_then_replays(tmp_path):
+def test_event_from_the_cli_releases_a_waiting_cell_then_replays(tmp_path, ipykernel_python):
     counter = tmp_path / "count"
     cell = textwrap.dedent(f"""
         %%durable approval
@@ -155,7 +155,7 @@ def test_event_from_the_cli_releases_a_waiting_cell_then_replays(tmp_path):
         print("got", answer)
     """).strip()
     log = tmp_path / "log.duckdb"
-    with Kernel(tmp_path) as k:
+    with Kernel(tmp_path, python=ipykernel_python) as k:
         k.execute(LOAD)
         k.execute("%%durable setup\nx = 1")
         msg_id = k.kc.execute(cell)
@@ -165,7 +165,7 @@ def test_event_from_the_cli_releases_a_waiting_cell_then_replays(tmp_path):
         reply = k.kc.get_shell_msg(timeout=60)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "ok"
-    with Kernel(tmp_path) as k:
+    with Kernel(tmp_path, python=ipykernel_python) as k:
         k.execute(LOAD)
         t = time.monotonic()
         r = k.execute(cell)

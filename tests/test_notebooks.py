@@ -1,0 +1,68 @@
+"""The example notebooks run headless, as people would run them (nbclient, real kernels)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+
+import nbdurable
+from nbdurable.errors import UnknownRunError
+from kernels import kernel_env, run_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _push_when_possible(key, payload, log, deadline):
+    while True:
+        try:
+            return nbdurable.push_event(key, payload, run="approval", log=log)
+        except UnknownRunError:  # the notebook has not reached its first durable cell yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def _consumed(log) -> int:
+    frame = nbdurable.list_events("approval", log=log)
+    return int((frame["status"] == "consumed").sum())
+
+
+def test_approval_notebook_waits_for_people_then_replays(tmp_path):
+    log = tmp_path / "log.duckdb"
+    env = kernel_env(tmp_path, NBDURABLE_RUN="approval")
+    nb = nbformat.read(ROOT / "notebooks" / "02-approval.ipynb", as_version=4)
+    errors = []
+
+    def run():
+        try:
+            run_notebook(nb, tmp_path, env)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    deadline = time.monotonic() + 120
+    _push_when_possible("reject", "more numbers", log, deadline)
+    while _consumed(log) < 1:  # the first draft was rejected
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    nbdurable.push_event("approve", run="approval", log=log)
+    runner.join(timeout=120)
+    assert not runner.is_alive() and not errors, errors
+    review = next(c for c in nb.cells if c.source.startswith("%%durable review"))
+    text = "".join(o.get("text", "") for o in review.outputs if o["output_type"] == "stream")
+    assert "rejected: more numbers" in text and "revised after 'more numbers'" in text
+    result = [o for o in review.outputs if o["output_type"] == "execute_result"]
+    assert result[0]["data"]["text/plain"] == "'approved'"
+    publish = next(c for c in nb.cells if c.source.startswith("%%durable publish"))
+    assert "published" in publish.outputs[-1]["text"]
+
+    # Run All again in a fresh kernel: everything replays, nothing waits
+    again = nbformat.read(ROOT / "notebooks" / "02-approval.ipynb", as_version=4)
+    t = time.monotonic()
+    run_notebook(again, tmp_path, env)
+    assert time.monotonic() - t < 60
+    review = next(c for c in again.cells if c.source.startswith("%%durable review"))
+    assert review.outputs[0]["metadata"]["nbdurable"]["kind"] == "replayed"
