@@ -41,7 +41,7 @@ PUSHER = textwrap.dedent("""
         # wait until the kernel waits for event i (it writes the index it waits for)
         while open(ready).read().strip() != str(i):
             time.sleep(0.002)
-        time.sleep(random.uniform(0.02, 0.06))  # the waiter is really idle in its loop
+        time.sleep(random.uniform(0.1, 0.2))  # the wait is set up (panel shown), idle in its loop
         starts.append(time.time())
         nbdurable.push_event("tick", i)
     print(json.dumps(starts))
@@ -70,13 +70,14 @@ def bench_latency(work: Path, n: int) -> list[float]:
         k.execute("%%durable setup\nx = 1")
         msg_id = k.kc.execute(cell)
         env = {**os.environ, **kernel_env(work)}
-        pusher = subprocess.run([sys.executable, "-c", PUSHER, str(n), str(ready)], env=env,
-                                capture_output=True, text=True, timeout=600)
-        assert pusher.returncode == 0, pusher.stderr
-        reply = k.kc.get_shell_msg(timeout=120)
-        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "ok"
+        pusher = subprocess.Popen([sys.executable, "-c", PUSHER, str(n), str(ready)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reply = k.reply_to(msg_id)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        out, err = pusher.communicate(timeout=600)
+        assert pusher.returncode == 0, err
         resumed = json.loads(k.execute("import json\nprint(json.dumps(resumed))").stream())
-    starts = json.loads(pusher.stdout)
+    starts = json.loads(out)
     return [r - s for s, r in zip(starts, resumed)]
 
 
@@ -86,13 +87,14 @@ def bench_idle_cpu(work: Path, seconds: float) -> float:
             ".touch()\nnbdurable.wait_for_event('never-comes')")
     with Kernel(work) as k:
         k.execute("%load_ext nbdurable")
-        k.kc.execute(cell)
+        msg_id = k.kc.execute(cell)
         wait_for_file(started)
         time.sleep(FAST_FOR + 2)  # past the first, faster-polling seconds of the wait
         c0, t0 = cpu_seconds(k.pid), time.monotonic()
         time.sleep(seconds)
         c1, t1 = cpu_seconds(k.pid), time.monotonic()
         k.km.interrupt_kernel()
+        assert k.reply_to(msg_id)["content"]["ename"] == "KeyboardInterrupt"
     return (c1 - c0) / (t1 - t0) * 100
 
 

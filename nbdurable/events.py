@@ -74,12 +74,21 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
     body = json.dumps({"id": event_id, "key": key, "payload": payload, "pid": os.getpid(),
                        "host": records.HOST})
     with log.transaction() as con:
-        _check_run(con, log, run)
-        if con.execute("SELECT 1 FROM events WHERE run = ? AND kind = ? AND body ->> 'id' = ?"
-                       " LIMIT 1", [run, schema.EVENT_PUSHED, event_id]).fetchone():
-            return event_id
-        con.execute("INSERT INTO events VALUES (?, NULL, NULL, ?, ?, ?, NULL)",
-                    [run, schema.EVENT_PUSHED, records.now(), body])
+        # one statement in the common case: insert unless the id is there, if the run exists
+        inserted = con.execute(
+            "INSERT INTO events SELECT ?, NULL, NULL, ?, ?, ?, NULL WHERE EXISTS (SELECT 1 FROM"
+            " events WHERE run = ?) AND NOT EXISTS (SELECT 1 FROM events WHERE run = ? AND"
+            " kind = ? AND body ->> 'id' = ?) RETURNING 1",
+            [run, schema.EVENT_PUSHED, records.now(), body, run, run, schema.EVENT_PUSHED,
+             event_id]).fetchall()
+        if not inserted:
+            _check_run(con, log, run)  # raises for an unknown run ...
+            if not con.execute("SELECT 1 FROM events WHERE run = ? AND kind = ? AND"
+                               " body ->> 'id' = ?", [run, schema.EVENT_PUSHED,
+                                                     event_id]).fetchone():
+                # ... a run known only from a live journal: insert anyway
+                con.execute("INSERT INTO events VALUES (?, NULL, NULL, ?, ?, ?, NULL)",
+                            [run, schema.EVENT_PUSHED, records.now(), body])
     if context.current() is None:
         log.release()  # a push is one-off: let the waiting process in at once
     return event_id
@@ -105,13 +114,13 @@ def mailbox(con, run: str, keys) -> list[Pending]:
     marks = ", ".join("?" * len(keys))
     rows = con.execute(
         f"SELECT ts, body FROM events WHERE run = ? AND kind = ? AND body ->> 'key' IN ({marks})"
-        " ORDER BY rowid", [run, schema.EVENT_PUSHED, *keys]).fetchall()
-    consumed = consumed_ids(con, run)
+        " AND body ->> 'id' NOT IN (SELECT unnest(json_extract_string(body, '$.consumed[*]'))"
+        " FROM events WHERE run = ? AND kind = ?) ORDER BY rowid",
+        [run, schema.EVENT_PUSHED, *keys, run, schema.WAIT_COMPLETED]).fetchall()
     found = []
     for ts, body in rows:
         body = json.loads(body)
-        if body["id"] not in consumed:
-            found.append(Pending(body["id"], body["key"], body["payload"], ts))
+        found.append(Pending(body["id"], body["key"], body["payload"], ts))
     return found
 
 

@@ -255,10 +255,12 @@ class Wait:
 
     # -- the loops ------------------------------------------------------------------------------
     def run_sync(self) -> dict:
+        last = self.log.generation()
+        outcome = self.try_complete()
+        if outcome is not None:
+            return outcome  # already satisfied: no panel to show
         ui = _ui(self) if _ui is not None else _SleepUI()
         try:
-            outcome = None
-            last = None
             while outcome is None:
                 generation = self.log.generation()
                 if generation != last or self._due():
@@ -274,8 +276,8 @@ class Wait:
     async def run_async(self) -> dict:
         """The same loop for top-level ``await``: the kernel keeps handling messages (on
         ipykernel 7.4+ widget clicks reach their handlers while a cell awaits)."""
-        outcome = None
-        last = None
+        last = self.log.generation()
+        outcome = self.try_complete()
         while outcome is None:
             generation = self.log.generation()
             if generation != last or self._due():

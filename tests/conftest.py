@@ -31,7 +31,8 @@ def _python_for(version: str) -> str:
     try:
         return oldkernel.python_for(version)
     except oldkernel.BuildFailed as exc:
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
+    pytest.fail(failure, pytrace=False)  # outside `except`: pip's output only, once
 
 
 def _old_versions_of(item: pytest.Item) -> set[str]:

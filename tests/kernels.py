@@ -100,6 +100,28 @@ class Kernel:
         return Reply(content["status"], content.get("execution_count"), outputs,
                      content.get("ename"), content.get("evalue"), content.get("traceback", []))
 
+    def reply_to(self, msg_id: str, timeout: float = CELL_TIMEOUT) -> dict:
+        """The shell reply to ``msg_id``, reading IOPub meanwhile (a front end always does; a
+        kernel drops IOPub messages that nobody reads beyond its high-water mark)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                reply = self.kc.get_shell_msg(timeout=0.1)
+            except queue.Empty:
+                self._drain_iopub()
+                continue
+            if reply["parent_header"].get("msg_id") == msg_id:
+                self._drain_iopub()
+                return reply
+        raise TimeoutError(f"no reply to {msg_id} within {timeout}s")
+
+    def _drain_iopub(self) -> None:
+        try:
+            while True:
+                self.kc.get_iopub_msg(timeout=0)
+        except queue.Empty:
+            return
+
     def execute_until_death(self, code: str, timeout: float = CELL_TIMEOUT) -> None:
         """Run ``code``, which is expected to kill the kernel; wait until the process is gone."""
         self.kc.execute(code, store_history=True)

@@ -126,6 +126,45 @@ def test_panel_button_click_releases_the_waiting_cell(tmp_path, ipykernel_python
         assert "decided 1 shorter" in r.stream()
 
 
+def test_a_reloaded_page_gets_the_panel_and_its_button_works(tmp_path, ipykernel_python):
+    """A browser reload while a cell waits: the new page knows no models, opens
+    ``jupyter.widget.control`` and sends ``request_states`` (as @jupyter-widgets/base does);
+    it gets the panel's models back within the page's 4 s and its button still releases the
+    cell."""
+    cell = "%%durable reload\nimport nbdurable\nprint('got', nbdurable.wait_for_event('go'))"
+    with Kernel(tmp_path, python=ipykernel_python) as k:
+        k.execute(LOAD)
+        fe = FrontEnd(k)
+        msg_id = k.kc.execute(cell)
+        fe.button("go")  # the first page saw the panel
+        control = "control-" + str(time.monotonic_ns())
+        opened = k.kc.session.msg("comm_open", {"comm_id": control, "data": {},
+                                                "target_name": "jupyter.widget.control"},
+                                  metadata={"version": "1.0.0"})
+        k.kc.shell_channel.send(opened)
+        asked = time.monotonic()
+        request = fe.send(control, {"method": "request_states"})
+        states = None
+        while states is None and time.monotonic() - asked < 4.0:
+            try:
+                msg = k.kc.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                continue
+            data = msg["content"].get("data", {})
+            if (msg["msg_type"] == "comm_msg" and msg["parent_header"].get("msg_id") == request
+                    and data.get("method") == "update_states"):
+                states = data["states"]
+        assert states is not None, "no update_states within 4 s"
+        buttons = [model_id for model_id, model in states.items()
+                   if model["model_name"] == "ButtonModel" and "go" in model["state"]["description"]]
+        assert len(buttons) == 1, states
+        fe.click(buttons[0])
+        reply = fe.reply_to(msg_id)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        fe.pump_iopub()
+        assert "got None" in fe.text_of(msg_id)
+
+
 def test_slider_updates_and_other_cells_while_waiting(tmp_path, ipykernel_python):
     with Kernel(tmp_path, python=ipykernel_python) as k:
         k.execute(LOAD)

@@ -54,8 +54,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
+
+import zmq
 
 __all__ = ["CommRegistry", "ShellPump", "dispatching", "unwatch_comms", "watch_comms"]
 
@@ -128,9 +131,9 @@ def _peek_comm_msg(session: Any, frames: list) -> tuple[str, Any, str] | None:
     if b"comm_msg" not in header_bytes:  # cheap filter before any JSON
         return None
     raw = [header_bytes] + [_frame_bytes(p) for p in parts[2:5]]
-    if getattr(session, "auth", None) is not None:
-        if not hmac.compare_digest(_frame_bytes(parts[0]), session.sign(raw)):
-            return None
+    if getattr(session, "auth", None) is not None and not hmac.compare_digest(
+            _frame_bytes(parts[0]), session.sign(raw)):
+        return None
     header = _unpack(session, raw[0])
     if header.get("msg_type") != "comm_msg":
         return None
@@ -181,10 +184,8 @@ def _major_version() -> int | None:
 
 
 def _is_stream(obj: Any) -> bool:
-    try:
-        from zmq.eventloop.zmqstream import ZMQStream
-    except Exception:
-        return False
+    from zmq.eventloop.zmqstream import ZMQStream
+
     return (isinstance(obj, ZMQStream) and obj.socket is not None
             and callable(getattr(obj, "_recv_callback", None)))
 
@@ -232,7 +233,7 @@ class _Backend:
         if not (callable(getattr(kernel, "set_parent", None))
                 and callable(getattr(kernel, "get_parent", None))):
             raise RuntimeError("kernel has no set_parent/get_parent")
-        kernel._parent_ident["shell"]  # noqa: B018  (present on 6.29 and 7.x)
+        kernel._parent_ident["shell"]  # raises if absent (present on 6.29 and 7.x)
 
     def parent(self) -> tuple[Any, Any]:
         return self.kernel._parent_ident["shell"], self.kernel.get_parent("shell")
@@ -247,7 +248,7 @@ class _Backend:
 
 
 class _Item:
-    __slots__ = ("seq", "frames", "entry")
+    __slots__ = ("entry", "frames", "seq")
 
     def __init__(self, seq: int, frames: list | None, entry: Any = None):
         self.seq = seq
@@ -346,19 +347,26 @@ class ShellPump:
             if timeout > 0:
                 time.sleep(timeout)
             return 0
-        if not self._todo:
-            assert self._wait is not None
-            self._wait(0)  # nothing to wait for: timeout is 0 or the socket must be read
-        return self._pump()
+        count = self._pump()  # first poll, or a handler ran: read the socket before waiting
+        idle_wait = self._idle_wait
+        if not count and idle_wait is not None and timeout > 0 and idle_wait(timeout * 1000.0):
+            count = self._pump()
+        return count
 
     def _pump(self) -> int:
         """Read every pending message, dispatch the comm messages."""
         backend = self._backend
         assert backend is not None
         self._idle_wait = None
+        stream = backend.stream
         with _sigint_deferred():
-            # Reading until the socket is empty also re-arms its edge-triggered fd.
-            backend.stream.flush(_POLLIN())
+            # Read until the socket is empty, and make sure of it last: ZMQ_EVENTS consumes
+            # the fd's edge, and ZMQStream.flush() ends by reading it (in _rebuild_io_state),
+            # so a message landing during flush() could otherwise sit unread with a silent fd.
+            while True:
+                stream.flush(zmq.POLLIN)
+                if not stream.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    break
         count = 0
         dispatched_any = False
         while self._todo:
@@ -442,7 +450,7 @@ class ShellPump:
                     _flush_std()
                     kernel.set_parent(*previous, channel="shell")
                     if backend.version == 6:
-                        backend.reply_stream.flush(_POLLOUT())  # e.g. comm_info_reply
+                        backend.reply_stream.flush(zmq.POLLOUT)  # e.g. comm_info_reply
 
     def _restore(self) -> None:
         """Put the stream's callback back, hand every undispatched message back in order."""
@@ -494,8 +502,6 @@ def _fd_waiter(socket: Any) -> Callable[[float], Any]:
         poller = select.poll()
         poller.register(socket.FD, select.POLLIN)
         return poller.poll
-    import zmq  # Windows: no poll(2)
-
     zpoller = zmq.Poller()
     zpoller.register(socket, zmq.POLLIN)
     return zpoller.poll
@@ -503,18 +509,6 @@ def _fd_waiter(socket: Any) -> Callable[[float], Any]:
 
 def kernel_log(backend: _Backend) -> logging.Logger:
     return getattr(backend.kernel, "log", None) or _log
-
-
-def _POLLIN() -> int:
-    import zmq
-
-    return zmq.POLLIN
-
-
-def _POLLOUT() -> int:
-    import zmq
-
-    return zmq.POLLOUT
 
 
 def _flush_std() -> None:
