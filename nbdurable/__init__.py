@@ -20,8 +20,12 @@ _LAZY = {
     "once": "nbdurable.steps",
     "once_reset": "nbdurable.steps",
     "once_resolve": "nbdurable.steps",
-    "history": "nbdurable.history",
-    "runs": "nbdurable.history",
+    "history": "nbdurable.reports",
+    "runs": "nbdurable.reports",
+    "log": "nbdurable.reports",
+    "reset": "nbdurable.resets",
+    "run": "nbdurable.batch",
+    "RunResult": "nbdurable.batch",
     "errors": "nbdurable.errors",
     "NbdurableError": "nbdurable.errors",
     "WaitTimeout": "nbdurable.errors",
@@ -79,6 +83,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ipython.panel import event_button
     from .waits import (Event, Sleep, WaitResult, sleep, sleep_async, wait_all, wait_all_async,
                         wait_any, wait_any_async, wait_for_event, wait_for_event_async)
-    from .history import history, runs
+    from .batch import RunResult, run
+    from .reports import history, log, runs
+    from .resets import reset
     from .settings import configure
     from .steps import once, once_reset, once_resolve, step

@@ -1,5 +1,7 @@
 """The ``nbdurable`` command. Each subcommand parses its arguments, calls the library function
-of the same name and prints the result; expected errors print one line and exit non-zero."""
+of the same name and prints the result; ``--json`` prints it as JSON instead. Expected errors
+print one line, ``nbdurable: error: ...``, and exit 2; a run whose cell raised exits 1, a run
+whose kernel died exits 3."""
 
 from __future__ import annotations
 
@@ -7,48 +9,166 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from .errors import NbdurableError
 
+EPILOG = ("exit status: 0 done; 1 a cell raised; 2 bad input or another expected error "
+          "(one line on stderr); 3 the kernel died (run the same command again to resume)")
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nbdurable", description="Durable execution for Jupyter notebooks.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser(
-        "demo", help="run the quickstart notebook, kill its kernel midway, resume, report",
-        description="Run notebooks/01-quickstart.ipynb headless, SIGKILL its kernel in the "
-                    "middle of a durable cell, run it again in a fresh kernel and print what "
-                    "replayed and what ran.")
-    demo.add_argument("notebook", nargs="?", help="notebook to run (default: the quickstart)")
-    demo.add_argument("--dir", default="nbdurable-demo",
-                      help="working directory of the demo kernel (default: %(default)s)")
+def parser() -> argparse.ArgumentParser:
+    """The command line, for ``main`` and for the generated reference (docs/cli.md)."""
+    top = argparse.ArgumentParser(prog="nbdurable", epilog=EPILOG,
+                                  description="Durable execution for Jupyter notebooks.")
+    top.add_argument("--version", action="version", version=_version())
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _run_parser(sub)
+    _runs_parser(sub)
+    _log_parser(sub)
+    _reset_parser(sub)
+    _event_parser(sub)
+    _demo_parser(sub)
+    return top
 
+
+def _command(sub, name: str, function: str, help: str, description: str):
+    cmd = sub.add_parser(name, help=help, epilog=EPILOG,
+                         description=f"{description} (library: {function})")
+    cmd.add_argument("--log", metavar="PATH", help="the log file (default: NBDURABLE_LOG, else "
+                     ".nbdurable/log.duckdb in the working directory)")
+    cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+    return cmd
+
+
+def _run_parser(sub) -> None:
+    cmd = _command(sub, "run", "nbdurable.run", "execute a notebook with papermill; run it "
+                   "again to resume", "Execute NOTEBOOK with papermill as a durable run. "
+                   "Running the same run id again resumes it: completed durable cells replay "
+                   "from the log, the rest executes.")
+    cmd.add_argument("notebook", metavar="NOTEBOOK")
+    cmd.add_argument("output", metavar="OUTPUT", nargs="?",
+                     help="the executed notebook (default: NOTEBOOK's name + .out.ipynb)")
+    cmd.add_argument("--run-id", metavar="ID", help="the run (default: NBDURABLE_RUN, a "
+                     "run_id parameter, else derived from the notebook path and parameters)")
+    cmd.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"), help="a papermill parameter (typed like "
+                     "papermill: int, float, True/False/None, else a string)")
+    cmd.add_argument("--cwd", metavar="DIR", help="the kernel's working directory "
+                     "(default: the current one)")
+    cmd.add_argument("--kernel", metavar="NAME", help="the kernel (default: the notebook's)")
+    cmd.add_argument("--max-restarts", metavar="N", type=_count, default=0,
+                     help="start a fresh kernel and resume after a kernel death, up to N "
+                     "times (default: 0)")
+    cmd.add_argument("--progress", action="store_true", help="show papermill's progress bar")
+    cmd.set_defaults(handler=_run)
+
+
+def _runs_parser(sub) -> None:
+    cmd = _command(sub, "runs", "nbdurable.runs", "list the runs in the log",
+                   "List the runs in the log: status, steps completed and failed, "
+                   "started, last activity.")
+    cmd.set_defaults(handler=_runs)
+
+
+def _log_parser(sub) -> None:
+    cmd = _command(sub, "log", "nbdurable.log", "what happened in a run, step by step",
+                   "Show each step of RUN: status, attempts, duration, executed or replayed, "
+                   "its waits and their outcome; and the run's events.")
+    cmd.add_argument("run", metavar="RUN")
+    cmd.set_defaults(handler=_log)
+
+
+def _reset_parser(sub) -> None:
+    cmd = _command(sub, "reset", "nbdurable.reset", "make a run's steps run again",
+                   "Invalidate the checkpoints of RUN's steps (all, or from STEP on) so that "
+                   "they execute again the next time they are reached. Nothing is deleted.")
+    cmd.add_argument("run", metavar="RUN")
+    cmd.add_argument("--from", dest="from_step", metavar="STEP",
+                     help="reset STEP and every step first run after it")
+    cmd.add_argument("--include-once", action="store_true",
+                     help="also forget the once() keys of those steps (their side effects "
+                     "happen again)")
+    cmd.set_defaults(handler=_reset)
+
+
+def _event_parser(sub) -> None:
     event = sub.add_parser("event", help="push events to a run, list a run's events",
                            description="Events feed the waits of durable cells.")
-    event_sub = event.add_subparsers(dest="event_command", metavar="ACTION", required=True)
-    push = event_sub.add_parser(
-        "push", help="put an event in a run's mailbox (nbdurable.push_event)",
-        description="Put an event in a run's mailbox; a cell waiting for KEY carries on.")
+    actions = event.add_subparsers(dest="action", metavar="ACTION", required=True)
+    push = _command(actions, "push", "nbdurable.push_event", "put an event in a run's mailbox",
+                    "Put an event in RUN's mailbox; a cell waiting for KEY carries on.")
     push.add_argument("run", metavar="RUN")
     push.add_argument("key", metavar="KEY")
     push.add_argument("payload", metavar="PAYLOAD_JSON", nargs="?",
                       help="JSON payload; '-' reads it from stdin (default: null)")
     push.add_argument("--id", help="event id: pushing the same id again adds nothing")
-    _common(push)
-    listing = event_sub.add_parser(
-        "list", help="a run's events, pending and consumed (nbdurable.list_events)",
-        description="List a run's events, oldest first, pending and consumed.")
+    push.set_defaults(handler=_event_push)
+    listing = _command(actions, "list", "nbdurable.list_events",
+                       "a run's events, pending and consumed",
+                       "List RUN's events, oldest first, pending and consumed.")
     listing.add_argument("run", metavar="RUN")
-    _common(listing)
-    return parser
+    listing.set_defaults(handler=_event_list)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log", help="the log file (default: NBDURABLE_LOG, else "
-                                      ".nbdurable/log.duckdb)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+def _demo_parser(sub) -> None:
+    cmd = _command(sub, "demo", "nbdurable.demo.demo", "run the quickstart, kill its kernel "
+                   "midway, resume, report", "Run notebooks/01-quickstart.ipynb headless, "
+                   "SIGKILL its kernel in the middle of a durable cell, run it again in a fresh "
+                   "kernel and print what replayed and what ran.")
+    cmd.add_argument("notebook", nargs="?", help="notebook to run (default: the quickstart)")
+    cmd.add_argument("--dir", default="nbdurable-demo",
+                     help="working directory of the demo kernel (default: %(default)s)")
+    cmd.set_defaults(handler=_demo)
+
+
+# -- handlers: parse, call, print ---------------------------------------------------------------
+
+def _run(args) -> int:
+    from .batch import parse_parameter, run
+
+    parameters = {name: parse_parameter(value) for name, value in args.parameter}
+    result = run(args.notebook, args.output, run_id=args.run_id, parameters=parameters,
+                 log=args.log, cwd=args.cwd, kernel=args.kernel,
+                 max_restarts=args.max_restarts, progress=args.progress)
+    if args.json:
+        _print_json(result.to_dict())
+    elif result.exit_code == 0:
+        print(result.message())
+    if result.exit_code:
+        print(f"nbdurable: error: {result.message()}", file=sys.stderr)
+    return result.exit_code
+
+
+def _runs(args) -> int:
+    from .reports import runs
+
+    _print_frame(runs(log=args.log), args.json, "no runs in the log")
+    return 0
+
+
+def _log(args) -> int:
+    from .reports import log
+
+    found = log(args.run, log=args.log)
+    if args.json:
+        _print_json(found.to_dict())
+    else:
+        print(found.text())
+    return 0
+
+
+def _reset(args) -> int:
+    from .resets import reset
+
+    steps = reset(args.run, from_step=args.from_step, include_once=args.include_once,
+                  log=args.log)
+    if args.json:
+        _print_json({"run": args.run, "reset": steps})
+    else:
+        print(f"reset {len(steps)} step(s) of run {args.run!r}: {', '.join(steps) or 'none'}; "
+              "they execute again the next time they are reached")
+    return 0
 
 
 def _event_push(args) -> int:
@@ -57,37 +177,62 @@ def _event_push(args) -> int:
     text = sys.stdin.read() if args.payload == "-" else (args.payload or "")
     event_id = push_event(args.key, parse_payload(text), run=args.run, log=args.log,
                           id=args.id)
-    print(json.dumps({"id": event_id, "run": args.run, "key": args.key}) if args.json
-          else event_id)
+    if args.json:
+        _print_json({"id": event_id, "run": args.run, "key": args.key})
+    else:
+        print(event_id)
     return 0
 
 
 def _event_list(args) -> int:
     from .events import list_events
 
-    frame = list_events(args.run, log=args.log)
-    if args.json:
-        print(frame.to_json(orient="records", date_format="iso"))
-    elif frame.empty:
-        print(f"no events in run {args.run!r}")
-    else:
-        print(frame.to_string(index=False))
+    _print_frame(list_events(args.run, log=args.log), args.json,
+                 f"no events in run {args.run!r}")
     return 0
 
 
 def _demo(args) -> int:
     from .demo import demo
 
-    return 0 if demo(args.notebook, workdir=args.dir).completed else 1
+    report = demo(args.notebook, workdir=args.dir, log=args.log,
+                  echo=(lambda *a, **k: None) if args.json else print)
+    if args.json:
+        _print_json(asdict(report))
+    return 0 if report.completed else 1
+
+
+# -- output -------------------------------------------------------------------------------------
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _print_frame(frame, as_json: bool, empty: str) -> None:
+    if as_json:
+        print(frame.to_json(orient="records", date_format="iso", indent=2))
+    elif frame.empty:
+        print(empty)
+    else:
+        print(frame.to_string(index=False))
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"nbdurable {__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    handler = {"demo": _demo, "event": None}[args.command]
-    if args.command == "event":
-        handler = {"push": _event_push, "list": _event_list}[args.event_command]
+    args = parser().parse_args(argv)
     try:
-        return handler(args)
+        return args.handler(args)
     except NbdurableError as exc:
         print(f"nbdurable: error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,8 @@ class StepContext:
     force: bool = False
     namespace: dict | None = None
     source_hash: str = ""
+    #: recorded calls and waits count only from this attempt on (after --force or a reset)
+    since: int = 1
     #: recorded @step calls of this step (loaded at the first call)
     calls: dict | None = None
     _counters: dict[str, int] = field(default_factory=dict)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from . import settings
 from .errors import NbdurableError, UsageError
 
 NOTEBOOK = Path("notebooks") / "01-quickstart.ipynb"
@@ -40,8 +40,9 @@ class DemoReport:
 
 
 def demo(notebook: str | os.PathLike | None = None, *, workdir: str | os.PathLike = "nbdurable-demo",
-         kill_after: int = 2, echo=print) -> DemoReport:
-    """Run the demo and print what happened; returns the same facts as a :class:`DemoReport`."""
+         log: str | os.PathLike | None = None, kill_after: int = 2, echo=print) -> DemoReport:
+    """Run the demo and print what happened; returns the same facts as a :class:`DemoReport`.
+    ``log`` defaults to ``.nbdurable/log.duckdb`` in ``workdir``."""
     import nbformat
 
     source = _find_notebook(notebook)
@@ -50,8 +51,9 @@ def demo(notebook: str | os.PathLike | None = None, *, workdir: str | os.PathLik
     effects = work / SIDE_EFFECTS
     effects.write_text("")
     run = f"demo-{datetime.now():%Y%m%d-%H%M%S}"
-    env = _kernel_env(run)
-    echo(f"nbdurable demo: {source} in {work}, run {run!r}, log {work / '.nbdurable' / 'log.duckdb'}")
+    log_path = settings.check_log_arg(log) if log is not None else work / settings.DEFAULT_LOG
+    env = _kernel_env(run, log_path)
+    echo(f"nbdurable demo: {source} in {work}, run {run!r}, log {log_path}")
 
     nb = nbformat.read(source, as_version=4)
     killed = _run_and_kill(nb, work, env, effects, kill_after)
@@ -82,22 +84,18 @@ def _find_notebook(notebook) -> Path:
                      "give its path: nbdurable demo NOTEBOOK")
 
 
-def _kernel_env(run: str) -> dict[str, str]:
+def _kernel_env(run: str, log: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NBDURABLE_", "PYTEST_"))}
-    env["NBDURABLE_RUN"] = run
+    env["NBDURABLE_RUN"], env["NBDURABLE_LOG"] = run, str(log)
     return env
 
 
 def _client(nb, work: Path):
     from nbclient import NotebookClient
-    from traitlets.config import Config
 
-    config = Config()
-    # Local unix sockets instead of open TCP ports; an absolute prefix, since the kernel runs
-    # in another working directory than this process.
-    config.KernelManager.transport = "ipc"
-    config.KernelManager.ip = os.path.join(tempfile.mkdtemp(prefix="nbdurable-"), "kernel")
-    return NotebookClient(nb, timeout=600, kernel_name="python3", config=config,
+    from .batch import local_kernel_config
+
+    return NotebookClient(nb, timeout=600, kernel_name="python3", config=local_kernel_config(),
                           resources={"metadata": {"path": str(work)}})
 
 

@@ -60,6 +60,7 @@ class Decision:
     checkpoint: records.Attempt | None
     reason: str | None  # why it executes; None for a first execution
     replay: bool
+    force: bool = False  # --force, or the step was reset: reuse no recorded call or wait
 
 
 @dataclass
@@ -132,9 +133,12 @@ class Engine:
         index = self._index(log, run)
         index.ensure()
         checkpoint, last = index.checkpoint(spec.name), index.last(spec.name)
+        if index.reset_pending(spec.name):
+            return Decision(spec, log, run, inputs, None, "reset by `nbdurable reset`",
+                            replay=False, force=True)
         reason = _why_execute(spec, inputs, checkpoint, last)
         return Decision(spec, log, run, inputs, checkpoint, reason, replay=reason is None
-                        and checkpoint is not None)
+                        and checkpoint is not None, force=spec.force)
 
     def _input_names(self, spec: CellSpec) -> set[str]:
         loads = [n for n in spec.names.reads if not self.ignore(n)]
@@ -178,8 +182,10 @@ class Engine:
         index = self._index(log, run)
         index.ensure()
         attempt = records.Attempt(run, spec.name, index.next_number(spec.name), "running",
-                                  spec.source_hash, decision.inputs, records.now())
-        rows = [records.attempt_started(attempt, source=spec.source, forced=spec.force,
+                                  spec.source_hash, decision.inputs, records.now(),
+                                  forced=decision.force)
+        since = attempt.attempt if decision.force else index.since(spec.name)
+        rows = [records.attempt_started(attempt, source=spec.source, forced=decision.force,
                                         reason=decision.reason)[1]]
         if (str(log.path), run) not in self._runs_seen:
             rows.insert(0, records.run_created(run, settings.notebook_path(self.namespace)))
@@ -190,8 +196,8 @@ class Engine:
         index.note(attempt)
         index.wrote(before, log.generation())
         ns = self.namespace if isinstance(self.namespace, dict) else None
-        ctx = context.StepContext(log, run, spec.name, attempt.attempt, spec.force, ns,
-                                  spec.source_hash)
+        ctx = context.StepContext(log, run, spec.name, attempt.attempt, decision.force, ns,
+                                  spec.source_hash, since=since)
         execution = Execution(decision, attempt, rows, time.perf_counter(),
                               dict(self.namespace), ctx)
         execution.token = context.enter(ctx)

@@ -61,6 +61,10 @@ class UnknownRunError(NbdurableError, LookupError):
     """The run named is not in the log."""
 
 
+class RunBusyError(NbdurableError):
+    """Another process is executing the run (``nbdurable run``, the papermill engine)."""
+
+
 class WaitTimeout(StepError, TimeoutError):
     """A wait's timeout (a recorded deadline) passed before its event arrived."""
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import context, journal, records, schema
-from .errors import UnknownRunError, UsageError
+from . import context, records, schema
+from .errors import UsageError
+from .reports import require_run
 
 MAX_KEY = 200
 
@@ -82,7 +83,7 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
             [run, schema.EVENT_PUSHED, records.now(), body, run, run, schema.EVENT_PUSHED,
              event_id]).fetchall()
         if not inserted:
-            _check_run(con, log, run)  # raises for an unknown run ...
+            require_run(con, log, run)  # raises for an unknown run ...
             if not con.execute("SELECT 1 FROM events WHERE run = ? AND kind = ? AND"
                                " body ->> 'id' = ?", [run, schema.EVENT_PUSHED,
                                                      event_id]).fetchone():
@@ -92,18 +93,6 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
     if context.current() is None:
         log.release()  # a push is one-off: let the waiting process in at once
     return event_id
-
-
-def _check_run(con, log, run: str) -> None:
-    if con.execute("SELECT 1 FROM events WHERE run = ? LIMIT 1", [run]).fetchone():
-        return
-    if any(r[0] == run for r in journal.live_rows(log.path, run)):
-        return
-    known = [r for (r,) in con.execute("SELECT DISTINCT run FROM events ORDER BY run LIMIT 11")
-             .fetchall()]
-    listed = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none"
-    raise UnknownRunError(f"run {run!r} is not in the log {log.path} (runs there: {listed}); "
-                          "check the run id, or run the notebook first")
 
 
 def mailbox(con, run: str, keys) -> list[Pending]:
@@ -143,7 +132,7 @@ def list_events(run: str | None = None, *, log=None):
 
     log, run = context.locate(run, log)
     with log.lease() as con:
-        _check_run(con, log, run)
+        require_run(con, log, run)
         rows = con.execute("SELECT ts, body FROM events WHERE run = ? AND kind = ?"
                            " ORDER BY rowid", [run, schema.EVENT_PUSHED]).fetchall()
         consumed = consumed_ids(con, run)

@@ -172,6 +172,8 @@ class LogDB:
             try:
                 return conn.execute(sql, params or []).fetchall()
             except duckdb.Error as e:
+                if _interrupted(e):
+                    raise
                 raise LogError(f"the log {self.path} refused a write: {_first_line(e)}") from e
 
     def announce_write(self) -> None:
@@ -228,6 +230,10 @@ class LogDB:
             )
         try:
             yield lease
+        except Exception as exc:
+            if _interrupted(exc):  # Kernel -> Interrupt landed in a query: say so plainly
+                raise KeyboardInterrupt from None
+            raise
         finally:
             lease.lock.release()
 
@@ -772,6 +778,13 @@ class _Lease:
 
 _LIVE: weakref.WeakSet[_Lease] = weakref.WeakSet()
 _LEAKED: list[object] = []
+
+
+def _interrupted(exc: Exception) -> bool:
+    """DuckDB turns a SIGINT during a query into an exception of its own."""
+    module = sys.modules.get("duckdb")
+    return ((module is not None and isinstance(exc, module.InterruptException))
+            or (isinstance(exc, RuntimeError) and str(exc) == "Query interrupted"))
 
 
 def _close_quietly(lease: _Lease) -> None:

@@ -100,6 +100,7 @@ class Attempt:
     unstorable: dict[str, str] = field(default_factory=dict)
     variables: list[Variable] | None = None
     outputs: StoredRef | None = None
+    forced: bool = False  # --force or a reset: earlier calls and waits are not reused
 
 
 def attempt_started(attempt: Attempt, *, source: str, forced: bool,
@@ -139,6 +140,17 @@ def run_attempts(con, run: str, pending: list[list] = ()) -> list[Attempt]:
     return assemble(run, rows)
 
 
+def run_resets(con, run: str) -> dict[str, int]:
+    """step -> the highest attempt number a ``nbdurable reset`` voided."""
+    return dict(con.execute("SELECT step, max(attempt) FROM events WHERE run = ? AND kind = ?"
+                            " GROUP BY step", [run, schema.STEP_RESET]).fetchall())
+
+
+def step_reset(run: str, step: str, attempt: int) -> list:
+    """An event row voiding the checkpoints of ``step`` up to ``attempt``."""
+    return [run, step, attempt, schema.STEP_RESET, now(), _dumps({"pid": os.getpid()}), None]
+
+
 def assemble(run: str, rows) -> list[Attempt]:
     """Attempts from (step, attempt, kind, ts, body, data) event rows (duplicates ignored)."""
     attempts: dict[tuple[str, int], Attempt] = {}
@@ -151,7 +163,7 @@ def assemble(run: str, rows) -> list[Attempt]:
         body = json.loads(body)
         if kind == schema.ATTEMPT_STARTED:
             attempts[step, number] = Attempt(run, step, number, "running", body["source_hash"],
-                                             body["inputs"], ts)
+                                             body["inputs"], ts, forced=bool(body.get("forced")))
         elif (step, number) in attempts:
             _finish(attempts[step, number], ts, body, data)
     return list(attempts.values())
@@ -174,10 +186,12 @@ def replayed(run: str, step: str, attempt: int) -> Statement:
 
 # -- @step calls --------------------------------------------------------------------------------
 
-def calls_of(con, run: str, step: str) -> dict[str, tuple[str, StoredRef]]:
-    """call key -> (fingerprint, result) of the latest completed call, for one step."""
+def calls_of(con, run: str, step: str, since: int = 1) -> dict[str, tuple[str, StoredRef]]:
+    """call key -> (fingerprint, result) of the latest completed call, for one step, made by
+    attempts numbered ``since`` or later."""
     rows = con.execute("SELECT body, data FROM events WHERE run = ? AND step = ? AND kind = ?"
-                       " ORDER BY rowid", [run, step, schema.CALL_COMPLETED]).fetchall()
+                       " AND attempt >= ? ORDER BY rowid",
+                       [run, step, schema.CALL_COMPLETED, since]).fetchall()
     calls = {}
     for body, data in rows:
         body = json.loads(body)
@@ -238,10 +252,16 @@ FROM ({attempts}) {where} ORDER BY started_at, run, step, attempt
 """
 
 RUNS_SQL = """
-SELECT r.run, r.notebook, r.created_at, r.last_activity,
-       count(*) FILTER (WHERE a.status = 'completed') AS completed,
-       count(*) FILTER (WHERE a.status = 'failed') AS failed,
-       count(a.attempt) AS attempts
-FROM ({runs}) r LEFT JOIN ({attempts}) a USING (run)
-GROUP BY ALL ORDER BY r.last_activity DESC
+WITH a AS ({attempts}),
+latest AS (SELECT * FROM a QUALIFY row_number() OVER (PARTITION BY run, step
+                                                      ORDER BY attempt DESC) = 1),
+steps AS (SELECT run, count(*) FILTER (WHERE status = 'completed') AS completed,
+                 count(*) FILTER (WHERE status = 'failed') AS failed,
+                 list([status, CAST(pid AS VARCHAR), host]) AS latest
+          FROM latest GROUP BY run),
+counts AS (SELECT run, count(*) AS attempts FROM a GROUP BY run)
+SELECT r.run, r.notebook, r.created_at, r.last_activity, coalesce(s.completed, 0),
+       coalesce(s.failed, 0), coalesce(c.attempts, 0), s.latest
+FROM ({runs}) r LEFT JOIN steps s USING (run) LEFT JOIN counts c USING (run)
+ORDER BY r.last_activity DESC
 """

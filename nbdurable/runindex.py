@@ -29,7 +29,7 @@ import xxhash
 
 from . import journal, records
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 class RunIndex:
@@ -38,6 +38,8 @@ class RunIndex:
         self.generation: int | None = None
         self._last: dict[str, records.Attempt] = {}
         self._completed: dict[str, records.Attempt] = {}
+        self._reset: dict[str, int] = {}  # step -> highest attempt voided by `nbdurable reset`
+        self._since: dict[str, int] = {}  # step -> first attempt whose calls and waits count
         self._dirty = False
         self._saved_file: tuple | None = None
         self._lock = threading.RLock()  # the release callback runs in the log's linger thread
@@ -64,9 +66,12 @@ class RunIndex:
         generation = self.log.generation()  # before reading: a later change is then noticed
         pending = journal.live_rows(self.log.path, self.run)
         attempts = records.run_attempts(con, self.run, pending)
+        resets = records.run_resets(con, self.run)
         with self._lock:
             self._last.clear()
             self._completed.clear()
+            self._since.clear()
+            self._reset = resets
             for attempt in attempts:
                 self._note(attempt)
             self.generation = generation
@@ -84,12 +89,17 @@ class RunIndex:
             self._note(attempt)
 
     def _note(self, attempt: records.Attempt) -> None:
-        last = self._last.get(attempt.step)
-        if last is None or attempt.attempt >= last.attempt:
-            self._last[attempt.step] = attempt
-        done = self._completed.get(attempt.step)
-        if attempt.status == "completed" and (done is None or attempt.attempt >= done.attempt):
-            self._completed[attempt.step] = attempt
+        step, number = attempt.step, attempt.attempt
+        last = self._last.get(step)
+        if last is None or number >= last.attempt:
+            self._last[step] = attempt
+        if number <= self._reset.get(step, 0):
+            return  # voided by a reset: neither a checkpoint nor a source of calls and waits
+        if attempt.forced:
+            self._since[step] = max(self._since.get(step, 1), number)
+        done = self._completed.get(step)
+        if attempt.status == "completed" and (done is None or number >= done.attempt):
+            self._completed[step] = attempt
 
     # -- answers --------------------------------------------------------------------------------
     def last(self, step: str) -> records.Attempt | None:
@@ -98,6 +108,15 @@ class RunIndex:
     def checkpoint(self, step: str) -> records.Attempt | None:
         """The most recent completed attempt of ``step``."""
         return self._completed.get(step)
+
+    def reset_pending(self, step: str) -> bool:
+        """``nbdurable reset`` voided the step and no attempt ran since."""
+        last = self._last.get(step)
+        return last is not None and last.attempt <= self._reset.get(step, 0)
+
+    def since(self, step: str) -> int:
+        """The first attempt whose recorded calls and waits a new attempt may reuse."""
+        return max(self._since.get(step, 1), self._reset.get(step, 0) + 1)
 
     def next_number(self, step: str) -> int:
         last = self._last.get(step)
@@ -122,7 +141,8 @@ class RunIndex:
         path = self._snapshot_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"format": _FORMAT, "run": self.run, "generation": generation,
-                 "file": file_state, "last": self._last, "completed": self._completed}
+                 "file": file_state, "last": self._last, "completed": self._completed,
+                 "reset": self._reset, "since": self._since}
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(pickle.dumps(state, protocol=5))
         os.replace(tmp, path)
@@ -144,6 +164,7 @@ class RunIndex:
         rows = [tuple(r[1:]) for r in journal.live_rows(self.log.path, self.run)]
         with self._lock:
             self._last, self._completed = state["last"], state["completed"]
+            self._reset, self._since = state["reset"], state["since"]
             for attempt in records.assemble(self.run, rows):
                 self._note(attempt)
             self.generation = generation

@@ -28,6 +28,10 @@ ONCE_RESET = "once_reset"
 EVENT_PUSHED = "event_pushed"
 WAIT_STARTED = "wait_started"
 WAIT_COMPLETED = "wait_completed"
+RUN_STARTED = "run_started"  # a batch invocation of the run began (nbdurable run, papermill)
+KERNEL_DIED = "kernel_died"
+RUN_FINISHED = "run_finished"
+STEP_RESET = "step_reset"  # nbdurable reset: the step's checkpoints up to `attempt` are void
 
 #: The ``attempts`` view's query, over any relation with the columns of ``events``.
 ATTEMPTS_SELECT = """

@@ -18,17 +18,16 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import os
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import xxhash
 
-from . import context, objects, records, serializer, settings
+from . import context, objects, records, serializer
 from .errors import OnceInDoubtError, StepError, UnstorableValueWarning, UsageError
 from .fingerprint import fingerprint
+from .runstate import process_alive
 from .schema import ONCE_FINISHED, ONCE_RESET, ONCE_STARTED
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,7 +125,7 @@ def _recorded_calls(ctx: context.StepContext) -> dict:
     that this execution could reuse: keys are unique within an execution)."""
     if ctx.calls is None:
         with ctx.log.lease() as con:
-            ctx.calls = records.calls_of(con, ctx.run, ctx.step)
+            ctx.calls = records.calls_of(con, ctx.run, ctx.step, ctx.since)
     return ctx.calls
 
 
@@ -191,7 +190,7 @@ def _once_result(log, state: records.OnceState) -> Any:
 
 
 def _in_doubt(key: str, state: records.OnceState) -> StepError:
-    if state.host == records.HOST and state.pid is not None and _alive(state.pid):
+    if state.host == records.HOST and state.pid is not None and process_alive(state.pid):
         return StepError(f"once({key!r}) is running in process {state.pid} since "
                          f"{state.at:%Y-%m-%d %H:%M:%S} UTC; wait for it to finish")
     return OnceInDoubtError(
@@ -200,15 +199,6 @@ def _in_doubt(key: str, state: records.OnceState) -> StepError:
         f"nbdurable.once_resolve({key!r}, result) or nbdurable.once_reset({key!r})")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -187,9 +187,10 @@ class Wait:
         with self.log.lease() as con:
             rows = con.execute(
                 "SELECT kind, body FROM events WHERE run = ? AND step = ? AND kind IN (?, ?)"
-                " AND body ->> 'wait' = ? AND body ->> 'source_hash' = ? ORDER BY rowid",
-                [self.run, self.ctx.step, schema.WAIT_STARTED, schema.WAIT_COMPLETED,
-                 self.key, self.ctx.source_hash]).fetchall()
+                " AND body ->> 'wait' = ? AND body ->> 'source_hash' = ? AND attempt >= ?"
+                " ORDER BY rowid", [self.run, self.ctx.step, schema.WAIT_STARTED,
+                                    schema.WAIT_COMPLETED, self.key, self.ctx.source_hash,
+                                    self.ctx.since]).fetchall()
         started = completed = None
         for kind, body in rows:
             if kind == schema.WAIT_STARTED:
@@ -202,7 +203,7 @@ class Wait:
         if recorded["spec"] != json.loads(json.dumps(self.spec)):
             raise WaitMismatchError(
                 f"step {self.ctx.step!r} reached {self.key} = {self.describe()}, but the log "
-                f"recorded {self.key} = {_describe_spec(recorded['spec'])} at that point; the "
+                f"recorded {self.key} = {describe_spec(recorded['spec'])} at that point; the "
                 "cell's waits must not depend on data that changes between runs "
                 "(or run it with --force)")
 
@@ -302,12 +303,7 @@ class Wait:
     def outcome_text(self, outcome: dict) -> str:
         if outcome.get("timeout"):
             return f"timed out after {_human(self.timeout)}"
-        if outcome["index"] is None:
-            return f"all done: {self.describe()}"
-        cond = self.conditions[outcome["index"]]
-        payload = outcome["payloads"][0]
-        suffix = f" with {json.dumps(payload)}" if payload is not None else ""
-        return f"{cond.describe()} fired{suffix}"
+        return describe_outcome(self.spec, outcome)
 
 
 def _take_all(conditions, pending: list[events.Pending]) -> list | None:
@@ -342,10 +338,27 @@ def _human(secs: float | None) -> str:
     return f"{secs / 3600:.1f} h"
 
 
-def _describe_spec(spec: dict) -> str:
-    parts = [f"sleep {_human(v)}" if kind == "sleep" else f"event `{v}`"
-             for kind, v in spec["conditions"]]
+def describe_spec(spec: dict) -> str:
+    """A recorded wait's conditions in words: ``event `approve` or sleep 24.0 h``."""
+    parts = [_describe_condition(c) for c in spec["conditions"]]
     return (" and " if spec["mode"] == "all" else " or ").join(parts)
+
+
+def _describe_condition(condition: list) -> str:
+    kind, value = condition
+    return f"sleep {_human(value)}" if kind == "sleep" else f"event `{value}`"
+
+
+def describe_outcome(spec: dict, outcome: dict) -> str:
+    """A recorded outcome in words: ``event `approve` fired with {"by": "ana"}``."""
+    if outcome.get("timeout"):
+        return "timed out"
+    if outcome.get("index") is None:
+        return "all done" + "".join(f"; {json.dumps(p)}" for p in outcome["payloads"]
+                                    if p is not None)
+    payload = outcome["payloads"][0]
+    return (f"{_describe_condition(spec['conditions'][outcome['index']])} fired"
+            + (f" with {json.dumps(payload)}" if payload is not None else ""))
 
 
 # -- the public functions ----------------------------------------------------------------------

@@ -57,3 +57,21 @@ def test_run_all_with_nbclient_after_a_kill(tmp_path):
     assert done.cells[2].outputs[-1]["data"]["text/plain"] == "2"
     assert counter.read_text() == "a\n"
     assert json.loads(json.dumps(done.cells[2].outputs[0]["metadata"]))["nbdurable"]["kind"] == "executing"
+
+
+def test_nbdurable_demo_json_and_log(tmp_path):
+    env = kernel_env(tmp_path)
+    del env["NBDURABLE_LOG"], env["NBDURABLE_RUN"]
+    log = tmp_path / "elsewhere" / "demo.duckdb"
+    log.parent.mkdir()
+    out = subprocess.run([sys.executable, "-m", "nbdurable.cli", "demo", "--json", "--log",
+                          str(log), "--dir", str(tmp_path / "demo")],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)  # nothing but the JSON on stdout
+    assert report["killed"] and report["completed"]
+    assert report["total_effects"]["fetch"] == 1 and report["total_effects"]["email"] == 1
+    assert log.is_file() and not (tmp_path / "demo" / ".nbdurable" / "log.duckdb").exists()
+    runs = subprocess.run([sys.executable, "-m", "nbdurable.cli", "runs", "--json", "--log",
+                           str(log)], capture_output=True, text=True, timeout=120, env=env)
+    assert [r["run"] for r in json.loads(runs.stdout)] == [report["run"]]

@@ -708,3 +708,39 @@ def test_spawned_processes_and_parent_write_together(log):
         child.join(timeout=60)
         assert child.exitcode == 0
     assert len(set(rows(log))) == 60
+
+
+def test_an_interrupt_during_a_query_is_a_keyboard_interrupt(tmp_path):
+    """SIGINT (Kernel -> Interrupt) while DuckDB runs a query: DuckDB raises an error of its
+    own; the log turns it into the KeyboardInterrupt users expect, and the log stays usable."""
+    script = textwrap.dedent(f"""
+        import sys, threading, time
+        from nbdurable.logdb import open_log
+        log = open_log({str(tmp_path / 'log.duckdb')!r})
+        main = threading.main_thread().ident
+        QUERY_LINE = None
+
+        def announce():  # once the main thread is inside DuckDB's execute (C code)
+            while True:
+                frame = sys._current_frames()[main]
+                if frame.f_code.co_name == "<module>" and frame.f_lineno == QUERY_LINE:
+                    print("querying", flush=True)
+                    return
+                time.sleep(0.001)
+
+        threading.Thread(target=announce, daemon=True).start()
+        try:
+            with log.lease() as con:
+                QUERY_LINE = sys._getframe().f_lineno + 1
+                con.execute("SELECT sum(range) FROM range(100000000000)").fetchall()
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+        except BaseException as exc:
+            print(type(exc).__name__, exc, flush=True)
+        print(log.execute("SELECT count(*) FROM events", announce=False))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "querying"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert out.splitlines() == ["KeyboardInterrupt", "[(0,)]"]

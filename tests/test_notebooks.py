@@ -66,3 +66,28 @@ def test_approval_notebook_waits_for_people_then_replays(tmp_path):
     assert time.monotonic() - t < 60
     review = next(c for c in again.cells if c.source.startswith("%%durable review"))
     assert review.outputs[0]["metadata"]["nbdurable"]["kind"] == "replayed"
+
+
+def test_batch_notebook_resumes_after_its_kernel_dies(tmp_path):
+    """notebooks/03-batch.ipynb as its README command runs it, with crash_once: the first
+    invocation dies in `summarise`, the same command again finishes the run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NBDURABLE_", "PYTEST_", "JPY_"))}
+    cmd = [sys.executable, "-m", "nbdurable.cli", "run", str(ROOT / "notebooks" / "03-batch.ipynb"),
+           "report.ipynb", "--run-id", "nightly", "-p", "regions", "eu,us,asia",
+           "-p", "crash_once", "True", "--json"]
+    results = [subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300) for _ in range(2)]
+    assert [r.returncode for r in results] == [3, 0], results[1].stderr
+    first, second = (json.loads(r.stdout) for r in results)
+    assert first["status"] == "crashed" and first["error"]["step"] == "summarise"
+    assert second["replayed"] == ["fetch_all"] and second["executed"] == ["summarise", "publish"]
+    report = nbformat.read(tmp_path / "report.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in report.cells for o in c.get("outputs", []))
+    assert "fetched 9 rows for eu,us,asia" in text
+    assert "report for 2026-11-25 published: 1053 orders across 3 regions" in text

@@ -1,0 +1,326 @@
+"""Batch runs that resume: :func:`run` (``nbdurable run``) executes a notebook with papermill and
+the ``nbdurable`` engine; running it again with the same run id resumes the run.
+
+:func:`run` checks everything it can before papermill touches a file (the notebook, the output
+path, the log, whether another process executes the run) and holds the run's claim for the
+whole execution. The engine (:mod:`nbdurable.papermill_engine`) does the executing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from . import runstate, settings
+from .errors import UsageError
+
+ENGINE = "nbdurable"
+EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED = 1, 2, 3
+
+
+@dataclass
+class Job:
+    """What one invocation executes, resolved: run id, log, parameters, restarts."""
+
+    run: str
+    log_path: Path
+    notebook: str
+    output: str | None
+    parameters: dict
+    max_restarts: int = 0
+    claim: runstate.Claim | None = None
+
+    @classmethod
+    def from_engine(cls, nb, kwargs: dict) -> Job:
+        """From the engine's keyword arguments (``nbdurable run``) or the environment (plain
+        ``papermill --engine nbdurable``). Pops the ``nbdurable_*`` arguments."""
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("nbdurable_")}
+        job = given.get("nbdurable_job")
+        if job is not None:
+            return job
+        parameters = dict(nb.metadata.get("papermill", {}).get("parameters") or {})
+        notebook = str(Path(kwargs.get("input_path") or "notebook.ipynb").absolute())
+        restarts = os.environ.get("NBDURABLE_MAX_RESTARTS", "0")
+        if not restarts.isdigit():
+            raise UsageError(f"NBDURABLE_MAX_RESTARTS must be a whole number, got {restarts!r}")
+        return cls(run=choose_run_id(None, parameters, notebook), log_path=default_log(None),
+                   notebook=notebook, output=kwargs.get("output_path"), parameters=parameters,
+                   max_restarts=int(restarts))
+
+    @contextmanager
+    def claimed(self) -> Iterator[runstate.Claim]:
+        if self.claim is not None:
+            yield self.claim
+            return
+        self.check_log()
+        with runstate.Claim(self.log_path, self.run) as claim:
+            yield claim
+
+    def check_log(self) -> None:
+        """Refuse a log that is not an nbdurable log or is too new (it stays untouched)."""
+        from .logdb import open_log
+
+        with open_log(self.log_path).lease():
+            pass
+
+    def record(self, statement) -> None:
+        from .logdb import open_log
+
+        log = open_log(self.log_path)
+        log.execute(*statement)
+        log.release()  # the kernel is the main user of the log: let it in at once
+
+    def kernel_env(self) -> dict[str, str]:
+        return {"NBDURABLE_RUN": self.run, "NBDURABLE_LOG": str(self.log_path),
+                "JPY_SESSION_NAME": self.notebook}
+
+
+@dataclass
+class RunResult:
+    """How a :func:`run` ended. ``status``: completed, failed or crashed."""
+
+    run: str
+    status: str
+    output: str
+    log: str
+    restarts: int = 0
+    replayed: list[str] = field(default_factory=list)  # durable cells replayed from the log
+    executed: list[str] = field(default_factory=list)  # durable cells executed
+    error: dict | None = None  # cell index, ename, evalue
+
+    @property
+    def exit_code(self) -> int:
+        return {runstate.COMPLETED: 0, runstate.CRASHED: EXIT_CRASHED}.get(self.status,
+                                                                           EXIT_FAILED)
+
+    def message(self) -> str:
+        """One line saying how it ended and what to do."""
+        if self.status == runstate.COMPLETED:
+            restarted = f", after {self.restarts} kernel restart(s)" if self.restarts else ""
+            return (f"run {self.run!r} completed: {len(self.replayed)} durable cell(s) replayed,"
+                    f" {len(self.executed)} executed{restarted}; output {self.output}")
+        error = self.error or {}
+        position = error.get("cell")  # 0-based in the output notebook; people count from 1
+        where = (f"cell {position + 1}" if isinstance(position, int) else "a cell") + (
+            f" ({error['step']})" if error.get("step") else "")
+        if self.status == runstate.CRASHED:
+            return (f"the kernel died in {where} of run {self.run!r}; run the same command again"
+                    f" to resume it (completed durable cells replay), or pass --max-restarts N;"
+                    f" output {self.output}")
+        return (f"run {self.run!r} failed: {where} raised {error.get('ename')}: "
+                f"{_first_line(error.get('evalue'))}; output {self.output}")
+
+    def to_dict(self) -> dict:
+        return {"run": self.run, "status": self.status, "output": self.output, "log": self.log,
+                "restarts": self.restarts, "replayed": self.replayed,
+                "executed": self.executed, "error": self.error}
+
+
+def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
+        run_id: str | None = None, parameters: Mapping[str, Any] | None = None,
+        log: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None,
+        kernel: str | None = None, max_restarts: int = 0, progress: bool = False) -> RunResult:
+    """Execute ``notebook`` with papermill as run ``run_id``; run it again to resume it.
+
+    ``run_id`` defaults to ``NBDURABLE_RUN``, a ``run_id`` parameter, else one derived from the
+    notebook's path and the parameters. The output defaults to ``NAME.out.ipynb`` beside the
+    notebook. ``max_restarts`` fresh kernels resume the run after a kernel death. Bad input
+    raises an :class:`~nbdurable.errors.NbdurableError` before anything is written; a failed
+    or crashed run is a result (``status``, ``error``), not an exception.
+    """
+    import papermill
+
+    source = _check_notebook(notebook)
+    _check_kernel(kernel, source)
+    work = _check_cwd(cwd)
+    parameters = dict(parameters or {})
+    target = _check_output(source, output)
+    if not isinstance(max_restarts, int) or max_restarts < 0:
+        raise UsageError(f"max_restarts must be a whole number >= 0, got {max_restarts!r}")
+    job = Job(run=choose_run_id(run_id, parameters, str(source)),
+              log_path=default_log(log, work), notebook=str(source), output=str(target),
+              parameters=parameters, max_restarts=max_restarts)
+    job.check_log()
+    with runstate.Claim(job.log_path, job.run) as job.claim:
+        try:
+            papermill.execute_notebook(
+                str(source), str(target), parameters=parameters, engine_name=ENGINE,
+                kernel_name=kernel, cwd=str(work), progress_bar=progress, nbdurable_job=job)
+        except papermill.PapermillExecutionError:
+            pass  # recorded in the output notebook, read below
+    return _result(job, target)
+
+
+def local_kernel_config():
+    """Kernels on local unix sockets instead of open TCP ports (no other user of the machine
+    can connect); an absolute prefix, since the kernel may run in another directory."""
+    import tempfile
+
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = os.path.join(tempfile.mkdtemp(prefix="nbdurable-"), "kernel")
+    return config
+
+
+def choose_run_id(given: str | None, parameters: Mapping[str, Any], notebook: str) -> str:
+    """Explicit > ``NBDURABLE_RUN`` > a ``run_id`` parameter > derived from notebook and
+    parameters (the kernel resolves ``NBDURABLE_RUN`` before ``run_id`` too)."""
+    param = parameters.get("run_id")
+    if given is not None:
+        given = settings.check_run_id(given, source="--run-id")
+        if param is not None and param != given:
+            raise UsageError(f"--run-id {given!r} and the parameter run_id={param!r} disagree;"
+                             " give one of them")
+        return given
+    env = os.environ.get("NBDURABLE_RUN")
+    if env:
+        return settings.check_run_id(env, source="NBDURABLE_RUN")
+    if param is not None:
+        return settings.check_run_id(param, source="the run_id parameter")
+    return derived_run_id(notebook, parameters)
+
+
+def derived_run_id(notebook: str, parameters: Mapping[str, Any]) -> str:
+    """``STEM-HASH``: the same notebook path and parameters give the same run id."""
+    key = json.dumps([str(Path(notebook).absolute()), parameters], sort_keys=True, default=str)
+    return f"{Path(notebook).stem}-{xxhash.xxh3_64_hexdigest(key.encode())[:8]}"
+
+
+def default_log(log: str | os.PathLike | None, cwd: Path | None = None) -> Path:
+    """The log a kernel started in ``cwd`` would use (given > ``NBDURABLE_LOG`` > default)."""
+    if log is not None:
+        return settings.check_log_arg(log)
+    raw = os.environ.get("NBDURABLE_LOG") or str(settings.DEFAULT_LOG)
+    path = Path(raw).expanduser()
+    return settings.check_log_arg(path if path.is_absolute() else (cwd or Path.cwd()) / path)
+
+
+def parse_parameter(value: str) -> Any:
+    """A ``-p NAME VALUE`` value, typed as papermill's own CLI types it."""
+    special = {"True": True, "False": False, "None": None}
+    if value in special:
+        return special[value]
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+def _check_notebook(notebook: str | os.PathLike) -> Path:
+    import nbformat
+
+    path = Path(notebook).expanduser().absolute()
+    if not path.is_file():
+        raise UsageError(f"notebook {notebook} not found" + (
+            " (it is a directory)" if path.is_dir() else ""))
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception as exc:
+        raise UsageError(f"{notebook} is not a readable notebook ({_first_line(exc)}); "
+                         "give an .ipynb file") from None
+    return path
+
+
+def _check_kernel(kernel: str | None, source: Path) -> None:
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    name = kernel or nbformat.read(source, as_version=4).metadata.get("kernelspec", {}).get(
+        "name")
+    if not name:
+        return  # papermill falls back on the notebook's language
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        given = "--kernel" if kernel else "the notebook's kernelspec"
+        raise UsageError(f"no kernel named {name!r} ({given}); `jupyter kernelspec list` shows"
+                         " the installed ones") from None
+
+
+def _check_cwd(cwd: str | os.PathLike | None) -> Path:
+    if cwd is None:
+        return Path.cwd()
+    path = Path(cwd).expanduser().absolute()
+    if not path.is_dir():
+        raise UsageError(f"--cwd {cwd} is not a directory")
+    return path
+
+
+def _check_output(source: Path, output: str | os.PathLike | None) -> Path:
+    """The output path; never the notebook itself, never a file that is not an earlier
+    run's output."""
+    target = (Path(output).expanduser() if output is not None
+              else source.with_name(f"{source.stem}.out.ipynb")).absolute()
+    if target == source or (target.exists() and target.samefile(source)):
+        raise UsageError(f"the output {target} is the notebook itself; give another OUTPUT")
+    if target.is_dir():
+        raise UsageError(f"the output {target} is a directory; give a file path")
+    if target.exists() and not _is_run_output(target):
+        raise UsageError(f"{target} exists and is not the output of an earlier run (no papermill"
+                         " metadata); give another OUTPUT or move that file away")
+    if not target.parent.is_dir():
+        raise UsageError(f"the output's directory {target.parent} does not exist")
+    return target
+
+
+def _is_run_output(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "papermill" in (data.get("metadata") or {})
+
+
+# -- the result ---------------------------------------------------------------------------------
+
+def _result(job: Job, target: Path) -> RunResult:
+    import nbformat
+
+    nb = nbformat.read(target, as_version=4)
+    meta = nb.metadata.get("nbdurable", {})
+    result = RunResult(job.run, meta.get("status", runstate.FAILED), str(target),
+                       str(job.log_path), meta.get("restarts", 0), error=meta.get("error"))
+    for cell in nb.cells:
+        step = durable_step(cell)
+        if step is None or cell.get("execution_count") is None:
+            continue
+        replayed = any(o.get("metadata", {}).get("nbdurable", {}).get("kind") == "replayed"
+                       for o in cell.get("outputs", []))
+        (result.replayed if replayed else result.executed).append(step)
+    if result.error and result.error.get("cell") is not None:
+        cells = [c for c in nb.cells if "papermill-error-cell-tag" not in
+                 c.get("metadata", {}).get("tags", [])]
+        index = result.error["cell"]
+        if 0 <= index < len(cells):
+            result.error["step"] = durable_step(cells[index])
+    return result
+
+
+def durable_step(cell) -> str | None:
+    """The step name of a ``%%durable NAME`` cell, else None."""
+    if cell.get("cell_type") != "code":
+        return None
+    first = cell.get("source", "").lstrip().split("\n", 1)[0].split()
+    if len(first) >= 2 and first[0] == "%%durable":
+        names = [w for w in first[1:] if not w.startswith("-")]
+        return names[0] if names else None
+    return None
+
+
+def _first_line(value: object) -> str:
+    text = str(value or "").strip()
+    return text.splitlines()[0] if text else ""
+

@@ -1,0 +1,183 @@
+"""The ``nbdurable`` papermill engine: ``papermill --engine nbdurable IN OUT -p ...``.
+
+It executes the notebook like papermill's own nbclient engine, and also:
+
+- runs the kernel with ``NBDURABLE_RUN`` / ``NBDURABLE_LOG`` set, so ``%%durable`` cells of a run
+  that died earlier replay from the log and the run continues where it died;
+- holds the run's claim (a second invocation of the run is refused) and records the invocation
+  in the log: started with its parameters, finished as completed, failed or crashed;
+- when the kernel dies, marks the cell that was running as failed with an error output saying
+  so (papermill's own engine leaves it "completed"), and with ``max_restarts`` starts a fresh
+  kernel and runs the notebook again: completed durable cells replay, the run goes on.
+
+Options come from ``nbdurable run`` (engine keyword arguments ``nbdurable_*``) or, under plain
+papermill, from the environment: ``NBDURABLE_RUN``, ``NBDURABLE_LOG``,
+``NBDURABLE_MAX_RESTARTS``.
+
+Importing papermill imports its engines module, which loads every registered engine, this one
+included, before it has finished: so nothing from papermill is imported at this module's top,
+and the engine class is built on first access (module ``__getattr__``), when papermill's
+``NBClientEngine`` exists.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import nbformat
+from nbclient.exceptions import DeadKernelError
+
+from . import batch, runstate
+
+DEAD_KERNEL = "DeadKernelError"
+
+
+def __getattr__(name: str):
+    if name == "NbdurableEngine":
+        return _engine_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_ENGINE: type | None = None
+
+
+def _engine_class() -> type:
+    global _ENGINE
+    from papermill.engines import NBClientEngine  # the first time, this loads us again: ...
+
+    if _ENGINE is None:  # ... so the class may exist now
+        _ENGINE = _build_engine(NBClientEngine)
+    return _ENGINE
+
+
+def _build_engine(NBClientEngine: type) -> type:  # noqa: N803 (a class)
+    from papermill.log import logger
+    from papermill.utils import merge_kwargs, remove_args
+
+    class NbdurableEngine(NBClientEngine):
+        """A papermill engine that resumes runs from the nbdurable log."""
+
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False,
+                                     stdout_file=None, stderr_file=None, start_timeout=60,
+                                     execution_timeout=None, **kwargs):
+            job = batch.Job.from_engine(nb_man.nb, kwargs)
+            kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
+            kwargs.setdefault("config", batch.local_kernel_config())
+            client_kwargs = merge_kwargs(
+                kwargs, timeout=execution_timeout or None, startup_timeout=start_timeout,
+                kernel_name=kernel_name, log=logger, log_output=log_output,
+                stdout_file=stdout_file, stderr_file=stderr_file)
+            with job.claimed() as claim:
+                _Invocation(job, claim, nb_man, client_kwargs).run()
+            return nb_man.nb
+
+    NbdurableEngine.__module__, NbdurableEngine.__qualname__ = __name__, "NbdurableEngine"
+    return NbdurableEngine
+
+
+@functools.cache
+def _client_class() -> type:
+    from papermill.clientwrap import PapermillNotebookClient
+
+    class Client(PapermillNotebookClient):
+        """Papermill's client, noting the cell in which the kernel died."""
+
+        dead_cell: int | None = None
+
+        def execute_cell(self, cell, cell_index, *args, **kwargs):
+            try:
+                return super().execute_cell(cell, cell_index, *args, **kwargs)
+            except DeadKernelError:
+                self.dead_cell = cell_index
+                raise
+
+    return Client
+
+
+class _Invocation:
+    """One invocation of a run: kernels started until the notebook ends or restarts run out."""
+
+    def __init__(self, job: batch.Job, claim: runstate.Claim, nb_man, client_kwargs: dict):
+        self.job, self.claim, self.nb_man = job, claim, nb_man
+        self.client_kwargs = client_kwargs
+        self.restarts = 0
+
+    def run(self) -> None:
+        nb = self.nb_man.nb
+        self.job.record(runstate.run_started(self.claim, notebook=self.job.notebook,
+                                             output=self.job.output,
+                                             parameters=self.job.parameters,
+                                             max_restarts=self.job.max_restarts))
+        status, error = runstate.FAILED, {"ename": "Interrupted", "evalue": "the run stopped"}
+        try:
+            status, error = self._kernels()
+        except Exception as exc:  # a kernel that cannot start, a timeout...
+            status, error = runstate.FAILED, {"ename": type(exc).__name__, "evalue": str(exc)}
+            raise
+        finally:
+            nb.metadata["nbdurable"] = {"run": self.job.run, "log": str(self.job.log_path),
+                                        "status": status, "restarts": self.restarts,
+                                        "error": error}
+            self.job.record(runstate.run_finished(self.claim, status=status, error=error,
+                                                  restarts=self.restarts))
+
+    def _kernels(self) -> tuple[str, dict | None]:
+        while True:
+            client = _client_class()(self.nb_man, **self.client_kwargs)
+            try:
+                client.execute(env={**os.environ, **self.job.kernel_env()})  # to start_kernel
+            except DeadKernelError:
+                cell = client.dead_cell
+                self.job.record(runstate.kernel_died(self.claim, cell=cell,
+                                                     restart=self.restarts))
+                if self.restarts < self.job.max_restarts:
+                    self.restarts += 1
+                    _log().warning(f"the kernel died in cell {cell}; starting a fresh kernel "
+                                   f"(restart {self.restarts} of {self.job.max_restarts})")
+                    _clear(self.nb_man)
+                    continue
+                return runstate.CRASHED, self._mark_dead(cell)
+            return _outcome(self.nb_man.nb)
+
+    def _mark_dead(self, index: int | None) -> dict:
+        error = {"ename": DEAD_KERNEL, "cell": index,
+                 "evalue": f"the kernel died while this cell was running; run the same command "
+                           f"again to resume run {self.job.run!r} (completed durable cells "
+                           "replay), or allow restarts (--max-restarts N)"}
+        if index is not None:
+            cell = self.nb_man.nb.cells[index]
+            cell.outputs.append(nbformat.v4.new_output(
+                "error", ename=DEAD_KERNEL, evalue=error["evalue"],
+                traceback=[f"{DEAD_KERNEL}: {error['evalue']}"]))  # what front ends show
+            self.nb_man.cell_exception(cell, cell_index=index)
+            self.nb_man.save()
+        return error
+
+
+def _log():
+    from papermill.log import logger
+
+    return logger
+
+
+def _clear(nb_man) -> None:
+    """Back to an unexecuted notebook before a fresh kernel runs it again."""
+    for cell in nb_man.nb.cells:
+        if cell.get("cell_type") == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.papermill.update(exception=None, start_time=None, end_time=None,
+                                       duration=None, status=nb_man.PENDING)
+    nb_man.nb.metadata.papermill["exception"] = None
+    nb_man.save()
+
+
+def _outcome(nb) -> tuple[str, dict | None]:
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error" and not (
+                    output.get("ename") == "SystemExit" and output.get("evalue") in ("", "0")):
+                return runstate.FAILED, {"cell": index, "ename": output.get("ename"),
+                                         "evalue": output.get("evalue")}
+    return runstate.COMPLETED, None

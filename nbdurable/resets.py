@@ -1,0 +1,48 @@
+"""``reset``: void a run's checkpoints so that its steps run again.
+
+Nothing is deleted (the log is append-only): a ``step_reset`` event per step says that its
+attempts so far no longer count. The next time the step is reached it executes as with
+``--force`` (its ``@step`` calls and waits start anew); later attempts count as usual.
+``once`` keys stay recorded, so side effects guarded by ``once`` do not happen again, unless
+``include_once`` forgets those of the reset steps too.
+"""
+
+from __future__ import annotations
+
+import json
+
+from . import records, schema, settings
+from .errors import UsageError
+from .reports import events_relation, require_run, resolve_log
+
+
+def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
+          log=None) -> list[str]:
+    """Reset ``run``'s steps (all, or ``from_step`` and every step first run after it);
+    return the names of the steps reset. ``include_once`` also forgets their ``once`` keys."""
+    db = resolve_log(log)
+    run = settings.check_run_id(run)
+    with db.transaction() as con:
+        require_run(con, db, run)
+        events = events_relation(con, db, run)  # with attempts still in journals
+        order = con.execute(
+            f"SELECT step, max(attempt) FROM {events} WHERE run = ? AND kind = ? GROUP BY step"
+            " ORDER BY min(ts), step", [run, schema.ATTEMPT_STARTED]).fetchall()
+        steps = [step for step, _ in order]
+        if from_step is not None and from_step not in steps:
+            raise UsageError(f"step {from_step!r} is not in run {run!r} (its steps: "
+                             f"{', '.join(steps) or 'none'}); give one of them to --from")
+        chosen = order[steps.index(from_step):] if from_step is not None else order
+        rows = [records.step_reset(run, step, last) for step, last in chosen]
+        if include_once:
+            rows += [list(records.once_event(schema.ONCE_RESET, run, key)[1])
+                     for key in _once_keys(con, run, {step for step, _ in chosen})]
+        if rows:
+            con.execute(*records.combine_rows(rows))
+    return [step for step, _ in chosen]
+
+
+def _once_keys(con, run: str, steps: set[str]) -> list[str]:
+    rows = con.execute("SELECT DISTINCT step, body FROM events WHERE run = ? AND kind = ?",
+                       [run, schema.ONCE_STARTED]).fetchall()
+    return sorted({json.loads(body)["key"] for step, body in rows if step in steps})

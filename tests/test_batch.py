@@ -1,0 +1,404 @@
+"""Batch runs that resume: `nbdurable run`, the papermill engine, plain papermill, and the
+`runs` / `log` / `reset` commands. Real papermill runs on real kernels, each in a process of
+its own; a durable cell SIGKILLs its own kernel the first time; every execution of a cell's
+body appends a line to effects.log, so the counts say what ran again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kernels import wait_for_file
+
+TIMEOUT = 180
+
+
+def effect(name: str) -> str:
+    return f"open('effects.log', 'a').write({name!r} + '\\n')\n"
+
+
+CRASHY = [
+    "%load_ext nbdurable",
+    ("n = 3\nm = 1", ["parameters"]),
+    "%%durable first\n" + effect("first") + "a = n * 2\nprint('first ran', a)",
+    "%%durable crashy\nimport os, signal, pathlib\n" + effect("crashy")
+    + "if not pathlib.Path('crashed.once').exists():\n"
+      "    pathlib.Path('crashed.once').touch()\n"
+      "    os.kill(os.getpid(), signal.SIGKILL)\n"
+      "b = m + 1\nprint('crashy ran', b)",
+    "%%durable last\n" + effect("last") + "c = b * 10\nprint('last ran', c)",
+    "print('plain cell', a, b, c)",
+]
+
+
+def write_notebook(path: Path, cells) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    for cell in cells:
+        source, tags = (cell, []) if isinstance(cell, str) else cell
+        nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": tags}))
+    nbformat.write(nb, path)
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NBDURABLE_", "PYTEST_", "JPY_"))}
+    env.update(extra)
+    return env
+
+
+def nbdurable(*args, cwd: Path, env: dict | None = None, timeout: float = TIMEOUT):
+    return subprocess.run([sys.executable, "-m", "nbdurable.cli", *map(str, args)], cwd=cwd,
+                          env=env or clean_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def papermill(*args, cwd: Path, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "papermill", *map(str, args)], cwd=cwd,
+                          env=env or clean_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def effects(work: Path) -> Counter:
+    path = work / "effects.log"
+    return Counter(path.read_text().split()) if path.exists() else Counter()
+
+
+ADDED = {"papermill-error-cell-tag", "injected-parameters"}  # cells papermill adds
+
+
+def outputs(path: Path) -> list[str]:
+    """Each code cell's text output (streams, errors), in order; cells papermill adds skipped."""
+    nb = nbformat.read(path, as_version=4)
+    texts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or ADDED & set(cell.metadata.get("tags", [])):
+            continue
+        parts = []
+        for out in cell.outputs:
+            if out.output_type == "stream":
+                parts.append(out.text)
+            elif out.output_type == "error":
+                parts.append(f"{out.ename}: {out.evalue}")
+        texts.append("".join(parts))
+    return texts
+
+
+def statuses(path: Path) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    return [c.metadata["papermill"]["status"] for c in nb.cells
+            if c.cell_type == "code" and not ADDED & set(c.metadata.get("tags", []))]
+
+
+def runs_json(work: Path, *extra) -> dict[str, dict]:
+    out = nbdurable("runs", "--json", *extra, cwd=work)
+    assert out.returncode == 0, out.stderr
+    return {row["run"]: row for row in json.loads(out.stdout)}
+
+
+def assert_resumed_outputs(texts: list[str]) -> None:
+    assert "first ran 6" in texts[2]
+    assert "crashy ran 2" in texts[3]
+    assert "last ran 20" in texts[4]
+    assert "plain cell 6 2 20" in texts[5]
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    write_notebook(tmp_path / "crashy.ipynb", CRASHY)
+    return tmp_path
+
+
+# -- crash, then resume ---------------------------------------------------------------------------
+
+def test_nbdurable_run_resumes_after_the_kernel_dies(work):
+    first = nbdurable("run", "crashy.ipynb", "out.ipynb", "--run-id", "r1", cwd=work)
+    assert first.returncode == 3, first.stderr
+    last_line = first.stderr.strip().splitlines()[-1]
+    assert "kernel died in cell 4 (crashy)" in last_line and "run the same command" in last_line
+    assert "Traceback" not in first.stderr
+    # The output is honest: the dying cell failed, saying why; later cells did not run.
+    texts, marks = outputs(work / "out.ipynb"), statuses(work / "out.ipynb")
+    assert "first ran 6" in texts[2] and texts[3].startswith("DeadKernelError: the kernel died")
+    assert marks[2:] == ["completed", "failed", "pending", "pending"]
+    assert runs_json(work)["r1"]["status"] == "crashed"
+
+    second = nbdurable("run", "crashy.ipynb", "out.ipynb", "--run-id", "r1", cwd=work)
+    assert second.returncode == 0, second.stderr
+    assert "run 'r1' completed: 1 durable cell(s) replayed, 2 executed" in second.stdout
+    assert effects(work) == Counter(first=1, crashy=2, last=1)  # only the crashed cell twice
+    texts = outputs(work / "out.ipynb")
+    assert_resumed_outputs(texts)
+    assert "replayed" in nbformat.read(work / "out.ipynb", as_version=4).cells[2].outputs[0] \
+        .metadata["nbdurable"]["kind"]
+    assert set(statuses(work / "out.ipynb")) == {"completed"}
+    row = runs_json(work)["r1"]
+    assert (row["status"], row["steps_completed"], row["steps_failed"]) == ("completed", 3, 0)
+    assert row["notebook"] == str(work / "crashy.ipynb")
+
+
+def test_max_restarts_resumes_in_one_invocation(work):
+    out = nbdurable("run", "crashy.ipynb", "out.ipynb", "--run-id", "r2", "--max-restarts", "1",
+                    "--json", cwd=work)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["status"], result["restarts"]) == ("completed", 1)
+    assert result["replayed"] == ["first"] and result["executed"] == ["crashy", "last"]
+    assert effects(work) == Counter(first=1, crashy=2, last=1)
+    assert_resumed_outputs(outputs(work / "out.ipynb"))
+    nb = nbformat.read(work / "out.ipynb", as_version=4)
+    assert nb.metadata["nbdurable"]["restarts"] == 1
+    log = json.loads(nbdurable("log", "r2", "--json", cwd=work).stdout)
+    assert {s["step"]: s["attempts"] for s in log["steps"]} == {"first": 1, "crashy": 2,
+                                                                 "last": 1}
+
+
+def test_plain_papermill_resumes_with_nbdurable_run(work):
+    env = clean_env(NBDURABLE_RUN="plain")
+    first = papermill("crashy.ipynb", "out.ipynb", cwd=work, env=env)
+    assert first.returncode != 0
+    second = papermill("crashy.ipynb", "out.ipynb", cwd=work, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert effects(work) == Counter(first=1, crashy=2, last=1)
+    assert_resumed_outputs(outputs(work / "out.ipynb"))
+    assert runs_json(work)["plain"]["status"] == "completed"  # from its steps: no driver
+
+
+def test_plain_papermill_resumes_with_a_run_id_parameter(work):
+    write_notebook(work / "param.ipynb", [CRASHY[0], ("n = 3\nm = 1\nrun_id = None",
+                                                       ["parameters"]), *CRASHY[2:]])
+    for expected in (False, True):
+        out = papermill("param.ipynb", "out.ipynb", "-p", "run_id", "by-param", cwd=work)
+        assert (out.returncode == 0) is expected, out.stderr[-2000:]
+    assert effects(work) == Counter(first=1, crashy=2, last=1)
+    assert "by-param" in runs_json(work)
+
+
+def test_papermill_engine_nbdurable(work):
+    env = clean_env(NBDURABLE_RUN="engine")
+    first = papermill("--engine", "nbdurable", "crashy.ipynb", "out.ipynb", cwd=work, env=env)
+    assert first.returncode == 1
+    assert "DeadKernelError" in first.stderr
+    assert statuses(work / "out.ipynb")[3] == "failed"  # plain papermill says "completed"
+    assert runs_json(work)["engine"]["status"] == "crashed"
+    second = papermill("--engine", "nbdurable", "crashy.ipynb", "out.ipynb", cwd=work, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert effects(work) == Counter(first=1, crashy=2, last=1)
+    assert_resumed_outputs(outputs(work / "out.ipynb"))
+    assert runs_json(work)["engine"]["status"] == "completed"
+
+
+def test_papermill_engine_restarts_from_the_environment(work):
+    env = clean_env(NBDURABLE_RUN="engine2", NBDURABLE_MAX_RESTARTS="1")
+    out = papermill("--engine", "nbdurable", "crashy.ipynb", "out.ipynb", cwd=work, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert effects(work) == Counter(first=1, crashy=2, last=1)
+
+
+# -- parameters, run ids ----------------------------------------------------------------------------
+
+def test_changed_parameters_rerun_exactly_the_cells_that_read_them(work):
+    (work / "crashed.once").touch()  # no crash here
+    args = ("run", "crashy.ipynb", "out.ipynb", "--run-id", "p")
+    assert nbdurable(*args, "-p", "n", "3", cwd=work).returncode == 0
+    out = nbdurable(*args, "-p", "n", "5", "--json", cwd=work)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["executed"] == ["first"] and result["replayed"] == ["crashy", "last"]
+    assert effects(work) == Counter(first=2, crashy=1, last=1)
+    assert "first ran 10" in outputs(work / "out.ipynb")[2]
+    assert json.loads(runs_json(work)["p"]["parameters"]) == {"n": 5}
+
+
+def test_a_derived_run_id_is_stable_and_printed(work):
+    (work / "crashed.once").touch()
+    ids = []
+    for params in (["-p", "n", "3"], ["-p", "n", "3"], ["-p", "n", "4"]):
+        out = nbdurable("run", "crashy.ipynb", *params, "--json", cwd=work)
+        assert out.returncode == 0, out.stderr
+        ids.append(json.loads(out.stdout)["run"])
+        assert (work / "crashy.out.ipynb").exists()  # the default output
+    assert ids[0] == ids[1] != ids[2] and ids[0].startswith("crashy-")
+    assert effects(work)["first"] == 2  # the second invocation replayed
+    printed = nbdurable("run", "crashy.ipynb", "-p", "n", "3", cwd=work)
+    assert f"run '{ids[0]}' completed" in printed.stdout
+
+
+# -- statuses, concurrency ----------------------------------------------------------------------
+
+def test_a_failing_cell_names_the_cell_and_the_error(work):
+    write_notebook(work / "fails.ipynb", [
+        "%load_ext nbdurable", "%%durable ok\n" + effect("ok"),
+        "%%durable boom\nraise ValueError('bad input row 7')", "print('never')"])
+    out = nbdurable("run", "fails.ipynb", "out.ipynb", "--run-id", "f", cwd=work)
+    assert out.returncode == 1
+    line = out.stderr.strip().splitlines()[-1]
+    assert "cell 3 (boom) raised ValueError: bad input row 7" in line, out.stderr
+    row = runs_json(work)["f"]
+    assert (row["status"], row["steps_completed"], row["steps_failed"]) == ("failed", 1, 1)
+
+
+def test_a_second_invocation_of_a_running_run_is_refused(work):
+    write_notebook(work / "slow.ipynb", [
+        "%load_ext nbdurable",
+        "%%durable slow\nimport pathlib, time\npathlib.Path('started').touch()\n"
+        "while not pathlib.Path('go').exists():\n    time.sleep(0.05)"])
+    cmd = [sys.executable, "-m", "nbdurable.cli", "run", "slow.ipynb", "out.ipynb",
+           "--run-id", "busy"]
+    holder = subprocess.Popen(cmd, cwd=work, env=clean_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_file(work / "started", timeout=TIMEOUT)
+        assert runs_json(work)["busy"]["status"] == "running"
+        second = nbdurable("run", "slow.ipynb", "other.ipynb", "--run-id", "busy", cwd=work)
+        assert second.returncode == 2
+        assert f"being executed by process {holder.pid}" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert not (work / "other.ipynb").exists()
+    finally:
+        (work / "go").touch()
+        holder.communicate(timeout=TIMEOUT)
+    assert holder.returncode == 0
+    assert runs_json(work)["busy"]["status"] == "completed"
+
+
+def test_a_killed_driver_leaves_a_crashed_run_that_resumes(work):
+    write_notebook(work / "slow.ipynb", [
+        "%load_ext nbdurable", "%%durable one\n" + effect("one"),
+        "%%durable slow\nimport pathlib, time\n" + effect("slow")
+        + "pathlib.Path('started').touch()\n"
+        "while not pathlib.Path('go').exists():\n    time.sleep(0.05)"])
+    cmd = [sys.executable, "-m", "nbdurable.cli", "run", "slow.ipynb", "out.ipynb",
+           "--run-id", "k"]
+    driver = subprocess.Popen(cmd, cwd=work, env=clean_env(), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_file(work / "started", timeout=TIMEOUT)
+    os.killpg(driver.pid, 9)  # the driver and its kernel, as a killed pod would
+    driver.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while runs_json(work)["k"]["status"] != "crashed":
+        assert time.monotonic() < deadline, runs_json(work)["k"]
+        time.sleep(0.2)
+    (work / "go").touch()
+    out = nbdurable("run", "slow.ipynb", "out.ipynb", "--run-id", "k", cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert effects(work) == Counter(one=1, slow=2)
+
+
+# -- log and reset ------------------------------------------------------------------------------
+
+def test_log_and_reset(work):
+    write_notebook(work / "steps.ipynb", [
+        "%load_ext nbdurable\nimport nbdurable",
+        "%%durable fetch\n" + effect("fetch") + "rows = [1, 2, 3]",
+        "%%durable approve\ndecision = nbdurable.wait_any(nbdurable.Event('ok'), "
+        "nbdurable.Sleep(0.2))\nprint('decision', decision.index)",
+        "%%durable send\n" + effect("send")
+        + "nbdurable.once('mail', lambda: open('effects.log', 'a').write('mail\\n'))",
+    ])
+    run = ("run", "steps.ipynb", "out.ipynb", "--run-id", "L")
+    assert nbdurable(*run, cwd=work).returncode == 0
+    log = json.loads(nbdurable("log", "L", "--json", cwd=work).stdout)
+    assert [s["step"] for s in log["steps"]] == ["fetch", "approve", "send"]
+    assert all(s["status"] == "completed" and s["last"] == "executed" for s in log["steps"])
+    wait = log["steps"][1]["waits"][0]
+    assert wait["waiting_for"] == "event `ok` or sleep 0.2 s"
+    assert wait["outcome"] == "sleep 0.2 s fired"
+    text = nbdurable("log", "L", cwd=work).stdout
+    assert "approve: completed, 1 attempt(s)" in text and "sleep 0.2 s fired" in text
+
+    reset = nbdurable("reset", "L", "--from", "approve", "--json", cwd=work)
+    assert json.loads(reset.stdout) == {"run": "L", "reset": ["approve", "send"]}
+    assert nbdurable(*run, cwd=work).returncode == 0
+    assert effects(work) == Counter(fetch=1, send=2, mail=1)  # once kept
+    steps = {s["step"]: s for s in json.loads(nbdurable("log", "L", "--json",
+                                                        cwd=work).stdout)["steps"]}
+    assert steps["fetch"]["last"] == "replayed" and steps["send"]["attempts"] == 2
+    assert len(steps["approve"]["waits"]) == 2  # waited anew
+
+    assert nbdurable("reset", "L", "--include-once", cwd=work).returncode == 0
+    assert nbdurable(*run, cwd=work).returncode == 0
+    assert effects(work) == Counter(fetch=2, send=3, mail=2)
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+def _foreign_log(work: Path) -> Path:
+    import duckdb
+
+    path = work / "foreign.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    con.close()
+    return path
+
+
+def _newer_log(work: Path) -> Path:
+    import duckdb
+
+    from nbdurable import schema
+    from nbdurable.logdb import open_log
+
+    path = work / "newer.duckdb"
+    log = open_log(path)
+    with log.lease():
+        pass
+    log.close()
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE nbdurable_meta SET value = ? WHERE key = 'schema_version'",
+                [str(schema.SCHEMA_VERSION + 1)])
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "missing.ipynb"], "notebook missing.ipynb not found"),
+    (["run", "notes.txt"], "is not a readable notebook"),
+    (["run", "crashy.ipynb", "crashy.ipynb"], "is the notebook itself"),
+    (["run", "crashy.ipynb", "notes.txt"], "is not the output of an earlier run"),
+    (["run", "crashy.ipynb", "--cwd", "nowhere"], "is not a directory"),
+    (["run", "crashy.ipynb", "--kernel", "no-such-kernel"], "no kernel named"),
+    (["run", "crashy.ipynb", "--run-id", "a", "-p", "run_id", "b"], "disagree"),
+    (["run", "crashy.ipynb", "--log", "{foreign}"], "not an nbdurable log"),
+    (["run", "crashy.ipynb", "--log", "{newer}"], "upgrade nbdurable"),
+    (["runs", "--log", "{foreign}"], "not an nbdurable log"),
+    (["log", "nope"], "run 'nope' is not in the log"),
+    (["reset", "nope"], "run 'nope' is not in the log"),
+    (["reset", "r0", "--from", "nope"], "step 'nope' is not in run 'r0'"),
+    (["event", "list", "nope"], "run 'nope' is not in the log"),
+    (["event", "push", "r0", "k", "{not json"], "not valid JSON"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(work, args, message):
+    (work / "notes.txt").write_text("my notes\n")
+    (work / "crashed.once").touch()
+    assert nbdurable("run", "crashy.ipynb", "first.ipynb", "--run-id", "r0",
+                     cwd=work).returncode == 0
+    files = {"{foreign}": _foreign_log(work), "{newer}": _newer_log(work)}
+    args = [str(files.get(a, a)) for a in args]
+    before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    out = nbdurable(*args, cwd=work)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    after = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    changed = [p for p in before if after.get(p) != before[p]]
+    ours = (".nbdurable", ".lock")  # the default log and lock files beside logs
+    assert [p for p in changed if not any(o in str(p) for o in ours)] == []  # user files
+    assert not (work / "crashy.out.ipynb").exists()
+
+
+@pytest.mark.parametrize("args", [["run"], ["run", "x.ipynb", "--max-restarts", "-1"],
+                                  ["run", "x.ipynb", "-p", "n"], ["reset"], ["frobnicate"]])
+def test_malformed_commands_exit_2_without_traceback(work, args):
+    out = nbdurable(*args, cwd=work)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "usage:" in out.stderr
