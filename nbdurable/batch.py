@@ -158,16 +158,18 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
     return _result(job, target)
 
 
-def local_kernel_config():
-    """Kernels on local unix sockets instead of open TCP ports (no other user of the machine
-    can connect); an absolute prefix, since the kernel may run in another directory."""
+def local_kernel_config(directory: str | None = None):
+    """Kernels on local unix sockets in ``directory`` (default: a new temporary one) instead of
+    open TCP ports, so no other user of the machine can connect."""
     import tempfile
 
     from traitlets.config import Config
 
     config = Config()
     config.KernelManager.transport = "ipc"
-    config.KernelManager.ip = os.path.join(tempfile.mkdtemp(prefix="nbdurable-"), "kernel")
+    # an absolute prefix: the kernel may run in another working directory
+    config.KernelManager.ip = os.path.join(directory or tempfile.mkdtemp(prefix="nbdurable-"),
+                                           "kernel")
     return config
 
 

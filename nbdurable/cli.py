@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 
 from .errors import NbdurableError
 
@@ -198,7 +197,7 @@ def _demo(args) -> int:
     report = demo(args.notebook, workdir=args.dir, log=args.log,
                   echo=(lambda *a, **k: None) if args.json else print)
     if args.json:
-        _print_json(asdict(report))
+        _print_json(report.to_dict())
     return 0 if report.completed else 1
 
 

@@ -38,6 +38,13 @@ class DemoReport:
     first_effects: Counter = field(default_factory=Counter)
     total_effects: Counter = field(default_factory=Counter)
 
+    def to_dict(self) -> dict:
+        return {"run": self.run, "workdir": str(self.workdir), "killed": self.killed,
+                "completed": self.completed,
+                "steps": [{"step": s, "kind": k, "detail": d} for s, k, d in self.steps],
+                "first_effects": dict(self.first_effects),
+                "total_effects": dict(self.total_effects)}
+
 
 def demo(notebook: str | os.PathLike | None = None, *, workdir: str | os.PathLike = "nbdurable-demo",
          log: str | os.PathLike | None = None, kill_after: int = 2, echo=print) -> DemoReport:

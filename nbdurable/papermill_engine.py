@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 
 import nbformat
 from nbclient.exceptions import DeadKernelError
@@ -64,12 +65,13 @@ def _build_engine(NBClientEngine: type) -> type:  # noqa: N803 (a class)
                                      execution_timeout=None, **kwargs):
             job = batch.Job.from_engine(nb_man.nb, kwargs)
             kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
-            kwargs.setdefault("config", batch.local_kernel_config())
-            client_kwargs = merge_kwargs(
-                kwargs, timeout=execution_timeout or None, startup_timeout=start_timeout,
-                kernel_name=kernel_name, log=logger, log_output=log_output,
-                stdout_file=stdout_file, stderr_file=stderr_file)
-            with job.claimed() as claim:
+            with job.claimed() as claim, tempfile.TemporaryDirectory(
+                    prefix="nbdurable-") as sockets:
+                kwargs.setdefault("config", batch.local_kernel_config(sockets))
+                client_kwargs = merge_kwargs(
+                    kwargs, timeout=execution_timeout or None, startup_timeout=start_timeout,
+                    kernel_name=kernel_name, log=logger, log_output=log_output,
+                    stdout_file=stdout_file, stderr_file=stderr_file)
                 _Invocation(job, claim, nb_man, client_kwargs).run()
             return nb_man.nb
 
@@ -134,7 +136,7 @@ class _Invocation:
                                                      restart=self.restarts))
                 if self.restarts < self.job.max_restarts:
                     self.restarts += 1
-                    _log().warning(f"the kernel died in cell {cell}; starting a fresh kernel "
+                    _log().warning(f"the kernel died in cell {_position(cell)}; starting a fresh kernel "
                                    f"(restart {self.restarts} of {self.job.max_restarts})")
                     _clear(self.nb_man)
                     continue
@@ -145,7 +147,8 @@ class _Invocation:
         error = {"ename": DEAD_KERNEL, "cell": index,
                  "evalue": f"the kernel died while this cell was running; run the same command "
                            f"again to resume run {self.job.run!r} (completed durable cells "
-                           "replay), or allow restarts (--max-restarts N)"}
+                           "replay), or allow restarts (nbdurable run --max-restarts N, or "
+                           "NBDURABLE_MAX_RESTARTS=N)"}
         if index is not None:
             cell = self.nb_man.nb.cells[index]
             cell.outputs.append(nbformat.v4.new_output(
@@ -154,6 +157,10 @@ class _Invocation:
             self.nb_man.cell_exception(cell, cell_index=index)
             self.nb_man.save()
         return error
+
+
+def _position(index: int | None) -> str:
+    return "?" if index is None else str(index + 1)
 
 
 def _log():

@@ -61,18 +61,22 @@ def runs(*, log=None):
     table = []
     for run, notebook, started, last, done, failed, attempts, latest in rows:
         invocation = driven.get(run)
-        if invocation is not None:
-            status = runstate.driven_status(db.path, run, invocation)
-            notebook = invocation.notebook or notebook
-        else:
-            status = runstate.undriven_status([(st, int(pid) if pid else None, host)
-                                               for st, pid, host in latest or []])
-        table.append({"run": run, "notebook": notebook, "status": status,
+        table.append({"run": run, "notebook": (invocation and invocation.notebook) or notebook,
+                      "status": _status(db, run, invocation, latest),
                       "steps_completed": done, "steps_failed": failed, "started_at": started,
                       "last_activity": last, "attempts": attempts,
                       "parameters": json.dumps(invocation.parameters, default=str)
                       if invocation is not None else None})
     return pd.DataFrame.from_records(table, columns=RUNS_COLUMNS)
+
+
+def _status(db, run: str, invocation, latest) -> str:
+    """From the latest batch invocation if there is one, else from each step's latest attempt
+    (``latest``: [status, pid, host] per step)."""
+    if invocation is not None:
+        return runstate.driven_status(db.path, run, invocation)
+    return runstate.undriven_status([(status, int(pid) if pid else None, host)
+                                     for status, pid, host in latest or []])
 
 
 RUNS_COLUMNS = ["run", "notebook", "status", "steps_completed", "steps_failed", "started_at",

@@ -402,3 +402,33 @@ def test_bad_input_is_one_line_and_changes_nothing(work, args, message):
 def test_malformed_commands_exit_2_without_traceback(work, args):
     out = nbdurable(*args, cwd=work)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "usage:" in out.stderr
+
+
+def test_a_crash_after_a_reset_never_reuses_calls_from_before_it(tmp_path):
+    """After `reset`, the step's next attempt runs its @step calls anew; if that attempt
+    dies, the one after reuses *its* calls, never those recorded before the reset."""
+    from kernels import Kernel, count
+
+    cell = ("%%durable s\nimport os, signal, pathlib, nbdurable\n"
+            "@nbdurable.step\ndef f(x):\n    open('f.log', 'a').write('f\\n'); return x\n"
+            "@nbdurable.step\ndef g(x):\n    open('g.log', 'a').write('g\\n'); return x\n"
+            "a = f(1)\n"
+            "if pathlib.Path('crash-now').exists():\n"
+            "    pathlib.Path('crash-now').unlink(); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "b = g(2)")
+    with Kernel(tmp_path) as k:
+        k.execute("%load_ext nbdurable")
+        assert k.execute(cell).status == "ok"
+    assert (count(tmp_path / "f.log"), count(tmp_path / "g.log")) == (1, 1)
+    out = nbdurable("reset", "test-run", "--log", tmp_path / "log.duckdb", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "crash-now").touch()
+    with Kernel(tmp_path) as k:
+        k.execute("%load_ext nbdurable")
+        k.execute_until_death(cell)
+    assert (count(tmp_path / "f.log"), count(tmp_path / "g.log")) == (2, 1)  # f ran anew
+    with Kernel(tmp_path) as k:
+        k.execute("%load_ext nbdurable")
+        assert k.execute(cell).status == "ok"
+    # f reused from the attempt after the reset; g ran: its record predates the reset
+    assert (count(tmp_path / "f.log"), count(tmp_path / "g.log")) == (2, 2)

@@ -740,7 +740,11 @@ def test_an_interrupt_during_a_query_is_a_keyboard_interrupt(tmp_path):
         print(log.execute("SELECT count(*) FROM events", announce=False))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "querying"
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout.readline().strip() == "querying"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave a query of minutes running
+        proc.wait()
     assert out.splitlines() == ["KeyboardInterrupt", "[(0,)]"]
