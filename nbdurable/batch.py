@@ -94,6 +94,7 @@ class RunResult:
     replayed: list[str] = field(default_factory=list)  # durable cells replayed from the log
     executed: list[str] = field(default_factory=list)  # durable cells executed
     error: dict | None = None  # cell index, ename, evalue
+    notes: list[str] = field(default_factory=list)  # things the user should know
 
     @property
     def exit_code(self) -> int:
@@ -120,7 +121,7 @@ class RunResult:
     def to_dict(self) -> dict:
         return {"run": self.run, "status": self.status, "output": self.output, "log": self.log,
                 "restarts": self.restarts, "replayed": self.replayed,
-                "executed": self.executed, "error": self.error}
+                "executed": self.executed, "error": self.error, "notes": self.notes}
 
 
 def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
@@ -137,8 +138,8 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
     """
     import papermill
 
-    source = _check_notebook(notebook)
-    _check_kernel(kernel, source)
+    source, nb = _check_notebook(notebook)
+    _check_kernel(kernel, nb)
     work = _check_cwd(cwd)
     parameters = dict(parameters or {})
     target = _check_output(source, output)
@@ -155,7 +156,9 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
                 kernel_name=kernel, cwd=str(work), progress_bar=progress, nbdurable_job=job)
         except papermill.PapermillExecutionError:
             pass  # recorded in the output notebook, read below
-    return _result(job, target)
+    result = _result(job, target)
+    result.notes = _notes(nb, source)
+    return result
 
 
 def local_kernel_config(directory: str | None = None):
@@ -221,7 +224,8 @@ def parse_parameter(value: str) -> Any:
 
 # -- checks -------------------------------------------------------------------------------------
 
-def _check_notebook(notebook: str | os.PathLike) -> Path:
+def _check_notebook(notebook: str | os.PathLike):
+    """The notebook's absolute path and its content."""
     import nbformat
 
     path = Path(notebook).expanduser().absolute()
@@ -229,19 +233,29 @@ def _check_notebook(notebook: str | os.PathLike) -> Path:
         raise UsageError(f"notebook {notebook} not found" + (
             " (it is a directory)" if path.is_dir() else ""))
     try:
-        nbformat.read(path, as_version=4)
+        return path, nbformat.read(path, as_version=4)
     except Exception as exc:
         raise UsageError(f"{notebook} is not a readable notebook ({_first_line(exc)}); "
                          "give an .ipynb file") from None
-    return path
 
 
-def _check_kernel(kernel: str | None, source: Path) -> None:
-    import nbformat
+def _notes(nb, source: Path) -> list[str]:
+    """What makes a run less durable than its user may think."""
+    steps = [durable_step(cell) for cell in nb.cells]
+    if not any(steps):
+        return [f"{source.name} has no %%durable cell: nothing was checkpointed, and running "
+                "it again executes every cell again"]
+    first = steps.index(next(s for s in steps if s))
+    if not any("load_ext nbdurable" in cell.get("source", "") for cell in nb.cells[:first]):
+        return [f"{source.name} has %%durable cells but no `%load_ext nbdurable` before them; "
+                "add that line to its first cell"]
+    return []
+
+
+def _check_kernel(kernel: str | None, nb) -> None:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    name = kernel or nbformat.read(source, as_version=4).metadata.get("kernelspec", {}).get(
-        "name")
+    name = kernel or nb.metadata.get("kernelspec", {}).get("name")
     if not name:
         return  # papermill falls back on the notebook's language
     try:

@@ -134,6 +134,8 @@ def _run(args) -> int:
         _print_json(result.to_dict())
     elif result.exit_code == 0:
         print(result.message())
+    for note in result.notes:
+        print(f"nbdurable: note: {note}", file=sys.stderr)
     if result.exit_code:
         print(f"nbdurable: error: {result.message()}", file=sys.stderr)
     return result.exit_code

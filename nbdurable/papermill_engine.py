@@ -181,10 +181,20 @@ def _clear(nb_man) -> None:
 
 
 def _outcome(nb) -> tuple[str, dict | None]:
+    """Completed, or failed at the first cell with an error output or papermill's exception
+    mark (an IPython UsageError, for instance, is only a stderr stream)."""
     for index, cell in enumerate(nb.cells):
-        for output in cell.get("outputs", []):
+        outputs = cell.get("outputs", [])
+        for output in outputs:
             if output.get("output_type") == "error" and not (
                     output.get("ename") == "SystemExit" and output.get("evalue") in ("", "0")):
                 return runstate.FAILED, {"cell": index, "ename": output.get("ename"),
                                          "evalue": output.get("evalue")}
+        if cell.get("metadata", {}).get("papermill", {}).get("exception") is True:
+            stderr = [o.get("text", "") for o in outputs if o.get("name") == "stderr"]
+            text = (stderr[-1].strip() if stderr else "") or "the cell failed"
+            last = text.splitlines()[-1]
+            ename, _, evalue = last.partition(": ") if ": " in last else ("Error", "", last)
+            return runstate.FAILED, {"cell": index, "ename": ename.split()[-1],
+                                     "evalue": evalue}
     return runstate.COMPLETED, None

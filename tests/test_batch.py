@@ -432,3 +432,16 @@ def test_a_crash_after_a_reset_never_reuses_calls_from_before_it(tmp_path):
         assert k.execute(cell).status == "ok"
     # f reused from the attempt after the reset; g ran: its record predates the reset
     assert (count(tmp_path / "f.log"), count(tmp_path / "g.log")) == (2, 2)
+
+
+def test_a_notebook_that_checkpoints_nothing_gets_a_note(work):
+    write_notebook(work / "plain.ipynb", ["x = 1", "print(x)"])
+    write_notebook(work / "noload.ipynb", ["import nbdurable", "%%durable s\nx = 1"])
+    plain = nbdurable("run", "plain.ipynb", cwd=work)
+    assert plain.returncode == 0
+    assert "nbdurable: note: plain.ipynb has no %%durable cell" in plain.stderr
+    noload = nbdurable("run", "noload.ipynb", cwd=work)
+    assert noload.returncode == 1  # the cell magic does not exist without the extension
+    assert "no `%load_ext nbdurable` before them" in noload.stderr
+    fine = nbdurable("run", "crashy.ipynb", "--max-restarts", "1", cwd=work)
+    assert fine.returncode == 0 and "note:" not in fine.stderr
