@@ -445,3 +445,26 @@ def test_a_notebook_that_checkpoints_nothing_gets_a_note(work):
     assert "no `%load_ext nbdurable` before them" in noload.stderr
     fine = nbdurable("run", "crashy.ipynb", "--max-restarts", "1", cwd=work)
     assert fine.returncode == 0 and "note:" not in fine.stderr
+
+
+def test_status_of_runs_without_a_driver(tmp_path):
+    """An interactive kernel's run: running while a cell executes, crashed once its kernel
+    died in a cell, completed after a fresh kernel finished that cell."""
+    from kernels import Kernel
+
+    cell = ("%%durable slow\nimport pathlib, time\npathlib.Path('started').touch()\n"
+            "while not pathlib.Path('go').exists():\n    time.sleep(0.05)")
+    log = tmp_path / "log.duckdb"
+    with Kernel(tmp_path) as k:
+        k.execute("%load_ext nbdurable")
+        k.kc.execute(cell)
+        wait_for_file(tmp_path / "started")
+        assert runs_json(tmp_path, "--log", log)["test-run"]["status"] == "running"
+        k.sigkill()
+    assert runs_json(tmp_path, "--log", log)["test-run"]["status"] == "crashed"
+    (tmp_path / "go").touch()
+    with Kernel(tmp_path) as k:
+        k.execute("%load_ext nbdurable")
+        assert k.execute(cell).status == "ok"
+    row = runs_json(tmp_path, "--log", log)["test-run"]
+    assert (row["status"], row["steps_completed"], row["attempts"]) == ("completed", 1, 2)
