@@ -79,7 +79,9 @@ class Job:
 
     def kernel_env(self) -> dict[str, str]:
         return {"NBDURABLE_RUN": self.run, "NBDURABLE_LOG": str(self.log_path),
-                "JPY_SESSION_NAME": self.notebook}
+                "JPY_SESSION_NAME": self.notebook,
+                # sets of strings then encode (and fingerprint) the same in every kernel
+                "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
 
 
 @dataclass

@@ -468,3 +468,17 @@ def test_status_of_runs_without_a_driver(tmp_path):
         assert k.execute(cell).status == "ok"
     row = runs_json(tmp_path, "--log", log)["test-run"]
     assert (row["status"], row["steps_completed"], row["attempts"]) == ("completed", 1, 2)
+
+
+def test_a_set_from_a_plain_cell_does_not_rerun_its_readers(tmp_path):
+    """`nbdurable run` kernels use one hash seed, so a set of strings built in a plain cell
+    fingerprints the same in the next kernel and the durable cell reading it replays."""
+    write_notebook(tmp_path / "sets.ipynb", [
+        "%load_ext nbdurable",
+        "tags = {'alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta'}",
+        "%%durable count\n" + effect("count") + "n = len(tags)"])
+    for _ in range(3):
+        out = nbdurable("run", "sets.ipynb", "--run-id", "s", "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["replayed"] == ["count"]
+    assert effects(tmp_path) == Counter(count=1)
