@@ -46,11 +46,12 @@ class Job:
         if job is not None:
             return job
         parameters = dict(nb.metadata.get("papermill", {}).get("parameters") or {})
-        notebook = str(Path(kwargs.get("input_path") or "notebook.ipynb").absolute())
+        notebook = _engine_input(kwargs.get("input_path") or "notebook.ipynb")
         restarts = os.environ.get("NBDURABLE_MAX_RESTARTS", "0")
         if not restarts.isdigit():
             raise UsageError(f"NBDURABLE_MAX_RESTARTS must be a whole number, got {restarts!r}")
-        return cls(run=choose_run_id(None, parameters, notebook), log_path=default_log(None),
+        return cls(run=choose_run_id(None, parameters, notebook, environ=True),
+                   log_path=default_log(None),
                    notebook=notebook, output=kwargs.get("output_path"), parameters=parameters,
                    max_restarts=int(restarts))
 
@@ -65,8 +66,10 @@ class Job:
 
     def check_log(self) -> None:
         """Refuse a log that is not an nbdurable log or is too new (it stays untouched)."""
-        from .logdb import open_log
+        from .logdb import open_log, sniff
 
+        if self.log_path.exists():
+            sniff(self.log_path)  # before any file is created beside it
         with open_log(self.log_path).lease():
             pass
 
@@ -82,6 +85,16 @@ class Job:
                 "JPY_SESSION_NAME": self.notebook,
                 # sets of strings then encode (and fingerprint) the same in every kernel
                 "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
+
+
+def _engine_input(input_path: str) -> str:
+    """The notebook's absolute path. papermill read it relative to the directory it started in,
+    but calls the engine after changing to ``--cwd``: prefer the shell's directory (PWD)."""
+    path = Path(input_path)
+    if path.is_absolute():
+        return str(path)
+    started = Path(os.environ.get("PWD") or os.getcwd()) / path
+    return str(started if started.is_file() else path.absolute())
 
 
 @dataclass
@@ -110,8 +123,8 @@ class RunResult:
             return (f"run {self.run!r} completed: {len(self.replayed)} durable cell(s) replayed,"
                     f" {len(self.executed)} executed{restarted}; output {self.output}")
         error = self.error or {}
-        position = error.get("cell")  # 0-based in the output notebook; people count from 1
-        where = (f"cell {position + 1}" if isinstance(position, int) else "a cell") + (
+        position = error.get("position")  # 1-based, in the notebook as its author sees it
+        where = (f"cell {position}" if isinstance(position, int) else "a cell") + (
             f" ({error['step']})" if error.get("step") else "")
         if self.status == runstate.CRASHED:
             return (f"the kernel died in {where} of run {self.run!r}; run the same command again"
@@ -132,8 +145,9 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
         kernel: str | None = None, max_restarts: int = 0, progress: bool = False) -> RunResult:
     """Execute ``notebook`` with papermill as run ``run_id``; run it again to resume it.
 
-    ``run_id`` defaults to ``NBDURABLE_RUN``, a ``run_id`` parameter, else one derived from the
-    notebook's path and the parameters. The output defaults to ``NAME.out.ipynb`` beside the
+    ``run_id`` defaults to a ``run_id`` parameter, else one derived from the notebook's path
+    and the parameters (``NBDURABLE_RUN`` is for plain papermill and kernels: a notebook that
+    runs another one must not pass its own run on). The output defaults to ``NAME.out.ipynb`` beside the
     notebook. ``max_restarts`` fresh kernels resume the run after a kernel death. Bad input
     raises an :class:`~nbdurable.errors.NbdurableError` before anything is written; a failed
     or crashed run is a result (``status``, ``error``), not an exception.
@@ -143,13 +157,16 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
     source, nb = _check_notebook(notebook)
     _check_kernel(kernel, nb)
     work = _check_cwd(cwd)
-    parameters = dict(parameters or {})
+    parameters = _check_parameters(parameters)
     target = _check_output(source, output)
     if not isinstance(max_restarts, int) or max_restarts < 0:
         raise UsageError(f"max_restarts must be a whole number >= 0, got {max_restarts!r}")
     job = Job(run=choose_run_id(run_id, parameters, str(source)),
               log_path=default_log(log, work), notebook=str(source), output=str(target),
               parameters=parameters, max_restarts=max_restarts)
+    if str(target) in (str(job.log_path), *(f"{job.log_path}{s}" for s in _LOG_SIDECARS)):
+        raise UsageError(f"the output {target} is the log or one of its files; give another "
+                         "OUTPUT or --log")
     job.check_log()
     with runstate.Claim(job.log_path, job.run) as job.claim:
         try:
@@ -178,17 +195,20 @@ def local_kernel_config(directory: str | None = None):
     return config
 
 
-def choose_run_id(given: str | None, parameters: Mapping[str, Any], notebook: str) -> str:
-    """Explicit > ``NBDURABLE_RUN`` > a ``run_id`` parameter > derived from notebook and
-    parameters (the kernel resolves ``NBDURABLE_RUN`` before ``run_id`` too)."""
+def choose_run_id(given: str | None, parameters: Mapping[str, Any], notebook: str, *,
+                  environ: bool = False) -> str:
+    """``given`` (--run-id) > ``NBDURABLE_RUN`` if ``environ`` (plain papermill with the
+    engine; the kernel reads it before ``run_id`` too) > a ``run_id`` parameter > derived from
+    the notebook and the parameters."""
     param = parameters.get("run_id")
+    param = str(param) if isinstance(param, int) and not isinstance(param, bool) else param
     if given is not None:
         given = settings.check_run_id(given, source="--run-id")
         if param is not None and param != given:
             raise UsageError(f"--run-id {given!r} and the parameter run_id={param!r} disagree;"
                              " give one of them")
         return given
-    env = os.environ.get("NBDURABLE_RUN")
+    env = os.environ.get("NBDURABLE_RUN") if environ else None
     if env:
         return settings.check_run_id(env, source="NBDURABLE_RUN")
     if param is not None:
@@ -199,7 +219,8 @@ def choose_run_id(given: str | None, parameters: Mapping[str, Any], notebook: st
 def derived_run_id(notebook: str, parameters: Mapping[str, Any]) -> str:
     """``STEM-HASH``: the same notebook path and parameters give the same run id."""
     key = json.dumps([str(Path(notebook).absolute()), parameters], sort_keys=True, default=str)
-    return f"{Path(notebook).stem}-{xxhash.xxh3_64_hexdigest(key.encode())[:8]}"
+    stem = "".join(c for c in Path(notebook).stem if c.isprintable())[:100] or "notebook"
+    return settings.check_run_id(f"{stem}-{xxhash.xxh3_64_hexdigest(key.encode())[:8]}")
 
 
 def default_log(log: str | os.PathLike | None, cwd: Path | None = None) -> Path:
@@ -254,12 +275,25 @@ def _notes(nb, source: Path) -> list[str]:
     return []
 
 
+_LOG_SIDECARS = (".lock", ".wait", ".wal", ".journal", ".index", ".runs", ".blobs")
+
+
+def _check_parameters(parameters: Mapping[str, Any] | None) -> dict:
+    parameters = dict(parameters or {})
+    bad = [name for name in parameters if not str(name).isidentifier()]
+    if bad:
+        raise UsageError(f"parameter name {bad[0]!r} is not a Python name; use letters, digits "
+                         "and _ (not starting with a digit)")
+    return parameters
+
+
 def _check_kernel(kernel: str | None, nb) -> None:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     name = kernel or nb.metadata.get("kernelspec", {}).get("name")
     if not name:
-        return  # papermill falls back on the notebook's language
+        raise UsageError("the notebook names no kernel (no kernelspec in its metadata); give "
+                         "one with --kernel, e.g. --kernel python3")
     try:
         KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
@@ -324,18 +358,17 @@ def _result(job: Job, target: Path) -> RunResult:
         index = result.error["cell"]
         if 0 <= index < len(cells):
             result.error["step"] = durable_step(cells[index])
+            injected = sum("injected-parameters" in c.get("metadata", {}).get("tags", [])
+                           for c in cells[:index])
+            result.error["position"] = index - injected + 1  # in the notebook as written
     return result
 
 
 def durable_step(cell) -> str | None:
     """The step name of a ``%%durable NAME`` cell, else None."""
-    if cell.get("cell_type") != "code":
-        return None
-    first = cell.get("source", "").lstrip().split("\n", 1)[0].split()
-    if len(first) >= 2 and first[0] == "%%durable":
-        names = [w for w in first[1:] if not w.startswith("-")]
-        return names[0] if names else None
-    return None
+    from .ipython.transform import step_of
+
+    return step_of(cell.get("source", "")) if cell.get("cell_type") == "code" else None
 
 
 def _first_line(value: object) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 
@@ -48,8 +49,8 @@ def _run_parser(sub) -> None:
     cmd.add_argument("notebook", metavar="NOTEBOOK")
     cmd.add_argument("output", metavar="OUTPUT", nargs="?",
                      help="the executed notebook (default: NOTEBOOK's name + .out.ipynb)")
-    cmd.add_argument("--run-id", metavar="ID", help="the run (default: NBDURABLE_RUN, a "
-                     "run_id parameter, else derived from the notebook path and parameters)")
+    cmd.add_argument("--run-id", metavar="ID", help="the run (default: a run_id parameter, "
+                     "else derived from the notebook path and parameters, and printed)")
     cmd.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                      metavar=("NAME", "VALUE"), help="a papermill parameter (typed like "
                      "papermill: int, float, True/False/None, else a string)")
@@ -144,14 +145,14 @@ def _run(args) -> int:
 def _runs(args) -> int:
     from .reports import runs
 
-    _print_frame(runs(log=args.log), args.json, "no runs in the log")
+    _print_frame(runs(log=_existing_log(args.log)), args.json, "no runs in the log")
     return 0
 
 
 def _log(args) -> int:
     from .reports import log
 
-    found = log(args.run, log=args.log)
+    found = log(args.run, log=_existing_log(args.log))
     if args.json:
         _print_json(found.to_dict())
     else:
@@ -163,7 +164,7 @@ def _reset(args) -> int:
     from .resets import reset
 
     steps = reset(args.run, from_step=args.from_step, include_once=args.include_once,
-                  log=args.log)
+                  log=_existing_log(args.log))
     if args.json:
         _print_json({"run": args.run, "reset": steps})
     else:
@@ -176,8 +177,8 @@ def _event_push(args) -> int:
     from .events import parse_payload, push_event
 
     text = sys.stdin.read() if args.payload == "-" else (args.payload or "")
-    event_id = push_event(args.key, parse_payload(text), run=args.run, log=args.log,
-                          id=args.id)
+    event_id = push_event(args.key, parse_payload(text), run=args.run,
+                          log=_existing_log(args.log), id=args.id)
     if args.json:
         _print_json({"id": event_id, "run": args.run, "key": args.key})
     else:
@@ -188,7 +189,7 @@ def _event_push(args) -> int:
 def _event_list(args) -> int:
     from .events import list_events
 
-    _print_frame(list_events(args.run, log=args.log), args.json,
+    _print_frame(list_events(args.run, log=_existing_log(args.log)), args.json,
                  f"no events in run {args.run!r}")
     return 0
 
@@ -203,10 +204,36 @@ def _demo(args) -> int:
     return 0 if report.completed else 1
 
 
+def _existing_log(given: str | None) -> str:
+    """The log a reading command uses: it must exist (a missing one is a typo, not a new log)."""
+    from . import settings
+    from .errors import UsageError
+    from .logdb import sniff
+
+    path = settings.check_log_arg(given) if given else settings.log_path()
+    if not path.is_file():
+        where = "--log" if given else "NBDURABLE_LOG, or the default in this directory"
+        raise UsageError(f"there is no log at {path} ({where}); give the log of your runs with "
+                         "--log PATH")
+    sniff(path)
+    return str(path)
+
+
 # -- output -------------------------------------------------------------------------------------
 
 def _print_json(value) -> None:
-    print(json.dumps(value, indent=2, default=str))
+    print(json.dumps(_finite(value), indent=2, default=str, allow_nan=False))
+
+
+def _finite(value):
+    """JSON has no NaN or infinity (a parameter may be one): they become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _print_frame(frame, as_json: bool, empty: str) -> None:

@@ -601,7 +601,7 @@ class _Lease:
         """Create the log if it is missing, then validate it (read-only). Holds the flock."""
         if not os.path.lexists(self.path):
             self.create()
-        _sniff(self.path)
+        sniff(self.path)
         self.attach(read_only=True, deadline=deadline)
         try:
             meta = self.read_meta()
@@ -872,7 +872,7 @@ def _not_a_log(path: Path, why: str) -> str:
     return f"{path} is not an nbdurable log ({why}); point NBDURABLE_LOG at another file or delete it"
 
 
-def _sniff(path: Path) -> None:
+def sniff(path: Path) -> None:
     """Reject files that are not DuckDB databases before DuckDB sees them (never writes)."""
     try:
         with open(path, "rb") as f:

@@ -185,11 +185,12 @@ def _outcome(nb) -> tuple[str, dict | None]:
     mark (an IPython UsageError, for instance, is only a stderr stream)."""
     for index, cell in enumerate(nb.cells):
         outputs = cell.get("outputs", [])
-        for output in outputs:
-            if output.get("output_type") == "error" and not (
-                    output.get("ename") == "SystemExit" and output.get("evalue") in ("", "0")):
-                return runstate.FAILED, {"cell": index, "ename": output.get("ename"),
-                                         "evalue": output.get("evalue")}
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        if any(o.get("ename") == "SystemExit" and o.get("evalue") in ("", "0") for o in errors):
+            return runstate.COMPLETED, None  # sys.exit(0): the notebook ended on purpose
+        if errors:
+            return runstate.FAILED, {"cell": index, "ename": errors[0].get("ename"),
+                                     "evalue": errors[0].get("evalue")}
         if cell.get("metadata", {}).get("papermill", {}).get("exception") is True:
             stderr = [o.get("text", "") for o in outputs if o.get("name") == "stderr"]
             text = (stderr[-1].strip() if stderr else "") or "the cell failed"

@@ -148,8 +148,8 @@ class RunLog:
 
 
 def log(run: str | None = None, *, log=None) -> RunLog:
-    """Each step of ``run`` (default: the current run): status, attempts, duration of the latest
-    attempt, whether it last executed or replayed, its waits and their outcome; and the run's
+    """Each step of ``run`` (default: the current run): status (``reset`` when ``nbdurable
+    reset`` voided it), attempts, duration of the latest attempt, whether it last executed or replayed, its waits and their outcome; and the run's
     events, pending and consumed."""
     from .events import list_events
 
@@ -168,17 +168,20 @@ def log(run: str | None = None, *, log=None) -> RunLog:
         waits = con.execute("SELECT step, attempt, kind, body FROM events WHERE run = ? AND"
                             " kind IN (?, ?) ORDER BY rowid",
                             [run, schema.WAIT_STARTED, schema.WAIT_COMPLETED]).fetchall()
+        resets = records.run_resets(con, run)
         summary = runs(log=db).set_index("run").loc[run]
     pushed = list_events(run, log=db).to_dict("records")
     return RunLog(run, summary["status"], summary["notebook"],
                   json.loads(summary["parameters"]) if summary["parameters"] else None,
-                  _steps(attempts, replays, _waits(waits)), pushed)
+                  _steps(attempts, replays, _waits(waits), resets), pushed)
 
 
-def _steps(attempts, replays: dict, waits: dict) -> list[dict]:
+def _steps(attempts, replays: dict, waits: dict, resets: dict) -> list[dict]:
     steps: dict[str, dict] = {}
-    for step, _number, status, started, duration, ename, evalue in attempts:
+    for step, number, status, started, duration, ename, evalue in attempts:
         s = steps.setdefault(step, {"step": step, "attempts": 0, "waits": waits.get(step, [])})
+        if number <= resets.get(step, 0):
+            status = "reset"  # voided by `nbdurable reset`: executes when next reached
         s.update(attempts=s["attempts"] + 1, status=status, duration_s=duration,
                  started_at=started, error=f"{ename}: {evalue}" if ename else None)
     for s in steps.values():

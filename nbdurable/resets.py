@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
-from . import records, schema, settings
-from .errors import UsageError
+from . import records, runstate, schema, settings
+from .errors import RunBusyError, UsageError
 from .reports import events_relation, require_run, resolve_log
 
 
@@ -22,6 +22,9 @@ def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
     return the names of the steps reset. ``include_once`` also forgets their ``once`` keys."""
     db = resolve_log(log)
     run = settings.check_run_id(run)
+    if runstate.holder(db.path, run):
+        raise RunBusyError(f"run {run!r} is executing now ({runstate.describe_holder(db.path, run)})"
+                           "; reset it once that invocation has ended")
     with db.transaction() as con:
         require_run(con, db, run)
         events = events_relation(con, db, run)  # with attempts still in journals

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from . import records, schema
 from .errors import RunBusyError
 
 RUNNING, COMPLETED, FAILED, CRASHED = "running", "completed", "failed", "crashed"
+#: How long a claim waits out shared locks that `holder()` takes for microseconds.
+CLAIM_PATIENCE = 0.5
 
 
 def claim_path(log_path: Path, run: str) -> Path:
@@ -45,11 +48,17 @@ class Claim:
         self.path = claim_path(log_path, run)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise RunBusyError(_busy_message(run, _read_holder(self.path))) from None
+        deadline = time.monotonic() + CLAIM_PATIENCE
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:  # maybe a status reader's brief shared lock
+                    time.sleep(0.01)
+                    continue
+                os.close(self._fd)
+                raise RunBusyError(_busy_message(run, _read_holder(self.path))) from None
         holder = {"run": run, "pid": os.getpid(), "host": records.HOST,
                   "command": command or " ".join(sys.argv), "since": str(records.now())[:19],
                   "invocation": self.invocation}
@@ -84,6 +93,12 @@ def holder(log_path: Path, run: str) -> dict | None:
         return None
     finally:
         os.close(fd)  # also drops our shared lock, if we got it
+
+
+def describe_holder(log_path: Path, run: str) -> str:
+    who = holder(log_path, run) or {}
+    return (f"process {who.get('pid', '?')} on {who.get('host', '?')}, "
+            f"{who.get('command', '?')}")
 
 
 def _read_holder(path: Path) -> dict:

@@ -319,6 +319,8 @@ def test_log_and_reset(work):
 
     reset = nbdurable("reset", "L", "--from", "approve", "--json", cwd=work)
     assert json.loads(reset.stdout) == {"run": "L", "reset": ["approve", "send"]}
+    pending = json.loads(nbdurable("log", "L", "--json", cwd=work).stdout)["steps"]
+    assert [s["status"] for s in pending] == ["completed", "reset", "reset"]
     assert nbdurable(*run, cwd=work).returncode == 0
     assert effects(work) == Counter(fetch=1, send=2, mail=1)  # once kept
     steps = {s["step"]: s for s in json.loads(nbdurable("log", "L", "--json",
@@ -377,10 +379,18 @@ def _newer_log(work: Path) -> Path:
     (["reset", "r0", "--from", "nope"], "step 'nope' is not in run 'r0'"),
     (["event", "list", "nope"], "run 'nope' is not in the log"),
     (["event", "push", "r0", "k", "{not json"], "not valid JSON"),
+    (["run", "nokernel.ipynb"], "names no kernel"),
+    (["run", "crashy.ipynb", "-p", "a-b", "1"], "is not a Python name"),
+    (["run", "crashy.ipynb", "same.duckdb", "--log", "same.duckdb"], "is the log"),
+    (["run", "crashy.ipynb", "--log", "notes.txt"], "not a DuckDB database"),
+    (["runs", "--log", "typo.duckdb"], "there is no log at"),
+    (["log", "r0", "--log", "sub/typo.duckdb"], "there is no log at"),
 ])
 def test_bad_input_is_one_line_and_changes_nothing(work, args, message):
     (work / "notes.txt").write_text("my notes\n")
     (work / "crashed.once").touch()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
+    nbformat.write(nb, work / "nokernel.ipynb")  # no kernelspec
     assert nbdurable("run", "crashy.ipynb", "first.ipynb", "--run-id", "r0",
                      cwd=work).returncode == 0
     files = {"{foreign}": _foreign_log(work), "{newer}": _newer_log(work)}
@@ -392,9 +402,11 @@ def test_bad_input_is_one_line_and_changes_nothing(work, args, message):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     after = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
     changed = [p for p in before if after.get(p) != before[p]]
-    ours = (".nbdurable", ".lock")  # the default log and lock files beside logs
+    ours = (".nbdurable", ".lock", ".wait")  # the default log; lock files beside DuckDB files
     assert [p for p in changed if not any(o in str(p) for o in ours)] == []  # user files
     assert not (work / "crashy.out.ipynb").exists()
+    created = {p for p in work.rglob("*") if p.is_file()} - set(before)
+    assert [p for p in created if not any(o in str(p) for o in ours)] == []  # nothing else
 
 
 @pytest.mark.parametrize("args", [["run"], ["run", "x.ipynb", "--max-restarts", "-1"],
@@ -482,3 +494,55 @@ def test_a_set_from_a_plain_cell_does_not_rerun_its_readers(tmp_path):
         assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["replayed"] == ["count"]
     assert effects(tmp_path) == Counter(count=1)
+
+
+def test_odd_but_legal_notebooks(work):
+    """sys.exit(0) ends a run as completed (as papermill says); %%time above %%durable and a
+    quoted step name are durable steps; -p run_id with digits; nan parameters in --json."""
+    write_notebook(work / "odd.ipynb", [
+        "%load_ext nbdurable",
+        ("x = 1.0\nrun_id = None", ["parameters"]),
+        "%%time\n%%durable timed\n" + effect("timed") + "y = 1",
+        '%%durable "two words"\n' + effect("quoted") + "z = 2",
+        "import sys\nsys.exit(0)",
+        "print('not reached')"])
+    for _ in range(2):
+        out = nbdurable("run", "odd.ipynb", "-p", "run_id", "20240101", "-p", "x", "nan",
+                        "--json", cwd=work)
+        assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["run"], result["status"]) == ("20240101", "completed")
+    assert result["replayed"] == ["timed", "two words"] and result["notes"] == []
+    assert effects(work) == Counter(timed=1, quoted=1)
+    log = nbdurable("log", "20240101", "--json", cwd=work)
+    assert json.loads(log.stdout)["parameters"] == {"run_id": 20240101, "x": "nan"}
+
+
+def test_a_notebook_may_run_another_notebook(work):
+    """nbdurable.run() inside a driven kernel starts its own run (it does not inherit the
+    parent's NBDURABLE_RUN, which would make it wait for itself)."""
+    write_notebook(work / "child.ipynb", ["%load_ext nbdurable", "%%durable c\n" + effect("child")])
+    write_notebook(work / "parent.ipynb", [
+        "%load_ext nbdurable\nimport nbdurable",
+        "%%durable spawn\nr = nbdurable.run('child.ipynb', 'child.out.ipynb')\n"
+        "print(r.status, r.run)"])
+    out = nbdurable("run", "parent.ipynb", "--run-id", "P", cwd=work)
+    assert out.returncode == 0, out.stderr
+    text = "".join(outputs(work / "parent.out.ipynb"))
+    assert "completed child-" in text
+    assert effects(work) == Counter(child=1)
+
+
+def test_papermill_engine_with_cwd_finds_the_same_run(work):
+    """`papermill --engine nbdurable NB OUT --cwd DIR` derives the run id from NB's real path
+    (papermill calls the engine after changing to DIR), so it resumes `nbdurable run`'s run."""
+    (work / "sub").mkdir()
+    (work / "sub" / "crashed.once").touch()
+    first = nbdurable("run", "crashy.ipynb", "a.ipynb", "--cwd", "sub", "--json", cwd=work)
+    assert first.returncode == 0, first.stderr
+    run = json.loads(first.stdout)["run"]
+    again = papermill("--engine", "nbdurable", "crashy.ipynb", "b.ipynb", "--cwd", "sub",
+                      cwd=work, env=clean_env(PWD=str(work)))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert effects(work / "sub") == Counter(first=1, crashy=1, last=1)  # all replayed
+    assert list(runs_json(work / "sub")) == [run]

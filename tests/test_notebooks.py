@@ -86,6 +86,8 @@ def test_batch_notebook_resumes_after_its_kernel_dies(tmp_path):
     assert [r.returncode for r in results] == [3, 0], results[1].stderr
     first, second = (json.loads(r.stdout) for r in results)
     assert first["status"] == "crashed" and first["error"]["step"] == "summarise"
+    assert first["error"]["position"] == 7  # as the author counts, injected cell not counted
+    assert "kernel died in cell 7 (summarise)" in results[0].stderr
     assert second["replayed"] == ["fetch_all"] and second["executed"] == ["summarise", "publish"]
     report = nbformat.read(tmp_path / "report.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in report.cells for o in c.get("outputs", []))

@@ -214,7 +214,7 @@ def test_a_durable_sleep_keeps_its_deadline_across_sigkill(tmp_path):
     """).strip()
     with Kernel(tmp_path) as k:
         k.execute(LOAD)
-        msg_id = k.kc.execute(cell)
+        k.kc.execute(cell)
         wait_for_file(started)
         time.sleep(3)  # let 3 s of the 6 s sleep pass before the kill
         k.sigkill()

@@ -62,6 +62,21 @@ def parse_line(args: str) -> tuple[str | None, bool, str | None]:
     return rest[0], force, None
 
 
+def step_of(source: str) -> str | None:
+    """The step name of a cell's ``%%durable NAME`` line, also below leading cell magics such
+    as ``%%time`` (which run their body, the durable cell, as a cell); else None."""
+    for line in source.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        match = _LINE.match(line)
+        if match is not None:
+            return parse_line(match.group("args") or "")[0]
+        if not line.startswith("%%"):
+            return None
+    return None
+
+
 class Requests:
     """Cells seen by the input transformer, by token (transforming twice gives the same token)."""
 
