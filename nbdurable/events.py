@@ -33,10 +33,11 @@ class Pending:
     pushed_at: datetime
 
 
-def check_key(key: object) -> str:
-    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY:
-        raise UsageError(f"an event key is a non-empty string of at most {MAX_KEY} characters, "
-                         f"got {key!r}")
+def check_key(key: object, what: str = "an event key") -> str:
+    if (not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY
+            or not _encodable(key)):
+        raise UsageError(f"{what} is a non-empty string of at most {MAX_KEY} characters "
+                         f"(valid Unicode), got {key!r}")
     return key
 
 
@@ -44,10 +45,30 @@ def check_payload(payload: Any) -> Any:
     """The payload as plain JSON data; a clear error when it is not JSON."""
     try:
         text = json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise UsageError(f"the event payload must be JSON (dicts, lists, strings, numbers, "
-                         f"true/false/null): {exc}") from None
+                         f"true/false/null): {str(exc)[:200]}") from None
+    if not _encodable(json.loads(text)):
+        raise UsageError("the event payload has text that is not valid Unicode (a lone "
+                         "surrogate such as '\\ud800'); send valid text")
     return json.loads(text)
+
+
+def _encodable(value: Any) -> bool:
+    """Whether the value's strings are valid Unicode (DuckDB's JSON rejects lone surrogates)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_same_event(event_id: str, key: str, payload: Any, earlier: dict) -> None:
+    """A retried push is the same event; another event under a used id is a mistake."""
+    if (earlier["key"], earlier["payload"]) != (key, payload):
+        raise UsageError(f"event id {event_id!r} was already pushed, with key "
+                         f"{earlier['key']!r} and another payload or key; an id names one "
+                         "event: give a new id (or none)")
 
 
 def parse_payload(text: str) -> Any:
@@ -70,7 +91,7 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
     """
     key = check_key(key)
     payload = check_payload(payload)
-    event_id = str(id) if id is not None else uuid.uuid4().hex
+    event_id = check_key(str(id), "an event id") if id is not None else uuid.uuid4().hex
     log, run = context.locate(run, log)
     body = json.dumps({"id": event_id, "key": key, "payload": payload, "pid": os.getpid(),
                        "host": records.HOST})
@@ -84,12 +105,14 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
              event_id]).fetchall()
         if not inserted:
             require_run(con, log, run)  # raises for an unknown run ...
-            if not con.execute("SELECT 1 FROM events WHERE run = ? AND kind = ? AND"
-                               " body ->> 'id' = ?", [run, schema.EVENT_PUSHED,
-                                                     event_id]).fetchone():
-                # ... a run known only from a live journal: insert anyway
+            earlier = con.execute("SELECT body FROM events WHERE run = ? AND kind = ? AND"
+                                  " body ->> 'id' = ?", [run, schema.EVENT_PUSHED,
+                                                        event_id]).fetchone()
+            if earlier is None:  # ... a run known only from a live journal: insert anyway
                 con.execute("INSERT INTO events VALUES (?, NULL, NULL, ?, ?, ?, NULL)",
                             [run, schema.EVENT_PUSHED, records.now(), body])
+            else:
+                _check_same_event(event_id, key, payload, json.loads(earlier[0]))
     if context.current() is None:
         log.release()  # a push is one-off: let the waiting process in at once
     return event_id

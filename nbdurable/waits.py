@@ -28,10 +28,12 @@ from typing import Any
 
 from . import context, events, records, schema
 from .errors import UsageError, WaitMismatchError, WaitTimeout
+from .reports import require_run
 
 POLL = 0.01  # seconds between two looks at the write generation, early in a wait
 POLL_LATER = 0.025  # ... after FAST_FOR seconds: a wait of hours costs less CPU
 FAST_FOR = 20.0
+MAX_DURATION = 100 * 365.25 * 86400  # beyond, datetimes overflow
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,9 @@ def seconds(duration: float | timedelta) -> float:
     if isinstance(duration, timedelta):
         duration = duration.total_seconds()
     if (not isinstance(duration, (int, float)) or isinstance(duration, bool)
-            or not math.isfinite(duration) or duration < 0):
-        raise UsageError(f"a duration is a number of seconds >= 0 or a timedelta, "
-                         f"got {duration!r}")
+            or not math.isfinite(duration) or not 0 <= duration <= MAX_DURATION):
+        raise UsageError(f"a duration is a number of seconds from 0 to {MAX_DURATION:.0f} "
+                         f"(100 years) or a timedelta, got {duration!r}")
     return float(duration)
 
 
@@ -131,6 +133,7 @@ class Wait:
         self.key = self.ctx.next_call_key("wait") if self.ctx else None
         self.deadlines: list[datetime | None] = []
         self.timeout_at: datetime | None = None
+        self._looked_at = datetime.min  # when try_complete last read the mailbox
         self._began = time.monotonic()
 
     @property
@@ -146,11 +149,14 @@ class Wait:
     def keys(self) -> list[str]:
         return [c.key for c in self.conditions if isinstance(c, Event)]
 
+    def _times(self) -> list[datetime]:
+        return [d for d in (*self.deadlines, self.timeout_at) if d is not None]
+
     def next_deadline(self) -> datetime | None:
-        times = [d for d in self.deadlines if d is not None]
-        if self.timeout_at is not None:
-            times.append(self.timeout_at)
-        return min(times) if times else None
+        """The next deadline still ahead (a sleep of ``wait_all`` that passed no longer is)."""
+        now = records.now()
+        ahead = [d for d in self._times() if d > now]
+        return min(ahead) if ahead else None
 
     # -- the log --------------------------------------------------------------------------------
     def _where(self) -> tuple[str | None, str, list]:
@@ -163,7 +169,10 @@ class Wait:
         recorded or recovered)."""
         now = records.now()
         started = completed = None
-        if self.ctx is not None and not self.ctx.force:
+        if self.ctx is None:  # outside a durable cell: nothing recorded, but a real run
+            with self.log.lease() as con:
+                require_run(con, self.log, self.run)
+        elif not self.ctx.force:
             started, completed = self._recorded()
         if completed is not None:
             self._check_same(completed)
@@ -227,7 +236,7 @@ class Wait:
         """If the wait is satisfied now, record its outcome (consuming its events) and return
         it, all in one transaction."""
         with self.log.transaction(announce=False) as con:
-            now = records.now()
+            now = self._looked_at = records.now()
             pending = events.mailbox(con, self.run, self.keys()) if self.keys() else []
             outcome = self._outcome(pending, now)
             if outcome is not None:
@@ -289,8 +298,9 @@ class Wait:
         return outcome
 
     def _due(self) -> bool:
-        deadline = self.next_deadline()
-        return deadline is not None and deadline <= records.now()
+        """A deadline passed since the mailbox was last looked at."""
+        now = records.now()
+        return any(self._looked_at < d <= now for d in self._times())
 
     def _pause(self) -> float:
         poll = POLL if time.monotonic() - self._began < FAST_FOR else POLL_LATER

@@ -82,7 +82,63 @@ def test_idempotent_push_and_bad_input(log):
         nbdurable.Sleep(-1)
     with pytest.raises(UsageError):
         nbdurable.wait_any("not a condition")
+    with pytest.raises(UsageError, match="was already pushed"):
+        nbdurable.push_event("other-key", id="retry-1")  # an id names one event
+    with pytest.raises(UsageError, match="100 years"):
+        nbdurable.Sleep(1e12)
+    with pytest.raises(UsageError, match="JSON"):
+        deep = []
+        for _ in range(100_000):
+            deep = [deep]
+        nbdurable.push_event("k", deep)
     assert len(nbdurable.list_events()) == 1  # nothing changed
+
+
+def test_text_that_is_not_unicode_is_refused_and_the_mailbox_stays_usable(log):
+    """A lone surrogate would make DuckDB's JSON functions fail on every later query of the
+    run's mailbox: refused at the door."""
+    with pytest.raises(UsageError, match="not valid Unicode"):
+        nbdurable.push_event("k", "bad \ud800")
+    with pytest.raises(UsageError, match="valid Unicode"):
+        nbdurable.push_event("\udfff")
+    with pytest.raises(UsageError, match="valid Unicode"):
+        nbdurable.push_event("k", id="\ud800")
+    out = cli("event", "push", "r1", "k", '"\\ud800"', log=log)
+    assert out.returncode == 2 and "not valid Unicode" in out.stderr
+    nbdurable.push_event("k", "fine ✓")
+    assert nbdurable.wait_for_event("k") == "fine ✓"
+
+
+def test_a_wait_outside_a_cell_needs_a_known_run(log, monkeypatch):
+    monkeypatch.setenv("NBDURABLE_RUN", "ghost")
+    with pytest.raises(UnknownRunError, match="'ghost' is not in the log"):
+        nbdurable.sleep(0)
+    monkeypatch.setenv("NBDURABLE_RUN", "r1")
+    assert "ghost" not in set(nbdurable.runs()["run"])
+
+
+def test_wait_all_after_its_sleep_passed_polls_instead_of_spinning(log, monkeypatch):
+    """The sleep of wait_all(Sleep, Event) passes first; waiting on for the event must cost
+    what any wait costs (a look at the mailbox when something changed), not a transaction per
+    loop (it was ~400 per second)."""
+    import threading
+
+    from nbdurable import waits
+
+    looks = []
+    real = waits.Wait.try_complete
+    monkeypatch.setattr(waits.Wait, "try_complete",
+                        lambda self: looks.append(1) or real(self))
+
+    def push_later():
+        time.sleep(1.0)  # the scenario: the event comes 0.9 s after the sleep passed
+        nbdurable.push_event("late", 1)
+
+    pusher = threading.Thread(target=push_later)
+    pusher.start()
+    assert nbdurable.wait_all(nbdurable.Sleep(0.1), nbdurable.Event("late")) == [None, 1]
+    pusher.join()
+    assert len(looks) <= 5, len(looks)  # first look, sleep passed, the push (+ slack)
 
 
 def test_cli_push_and_list(log):
