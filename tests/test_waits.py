@@ -232,6 +232,30 @@ def test_event_from_the_cli_releases_a_waiting_cell_then_replays(tmp_path, ipyke
     assert count(counter) == 1
 
 
+def test_pushes_while_the_kernel_is_idle_or_running_another_cell(tmp_path):
+    """The log is shared: a push lands while the kernel is idle and while it runs a long cell
+    (which holds no lease), and the later waits get those events at once."""
+    started = tmp_path / "started"
+    log = tmp_path / "log.duckdb"
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        k.execute("%%durable setup\nx = 1")
+        out = cli("event", "push", "test-run", "a", '"while idle"', log=log)
+        assert out.returncode == 0, out.stderr
+        busy = k.kc.execute(f"%%durable busy\nimport pathlib, time\n"
+                            f"pathlib.Path({str(started)!r}).touch()\n"
+                            f"while not pathlib.Path({str(tmp_path / 'go')!r}).exists():\n"
+                            "    time.sleep(0.05)")
+        wait_for_file(started)
+        out = cli("event", "push", "test-run", "b", '"while running"', log=log)
+        assert out.returncode == 0, out.stderr
+        (tmp_path / "go").touch()
+        assert k.reply_to(busy)["content"]["status"] == "ok"
+        r = k.execute("%%durable w\nimport nbdurable\n"
+                      "print(nbdurable.wait_all(nbdurable.Event('a'), nbdurable.Event('b')))")
+        assert r.stream().endswith("['while idle', 'while running']\n"), r.stream()
+
+
 def test_a_crash_after_the_wait_returns_the_recorded_payload(tmp_path):
     marker = tmp_path / "crashed"
     cell = textwrap.dedent(f"""

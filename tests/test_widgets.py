@@ -165,6 +165,28 @@ def test_a_reloaded_page_gets_the_panel_and_its_button_works(tmp_path, ipykernel
         assert "got None" in fe.text_of(msg_id)
 
 
+def test_the_panel_says_what_it_waits_for_counts_down_then_says_what_fired(tmp_path):
+    cell = ("%%durable countdown\nimport nbdurable\n"
+            "r = nbdurable.wait_any(nbdurable.Event('go'), nbdurable.Sleep(3600))")
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        fe = FrontEnd(k)
+        msg_id = k.kc.execute(cell)
+        status = fe.find(lambda s: s.get("_model_name") == "HTMLModel"
+                         and "waiting for event `go` or sleep 60 min" in s.get("value", ""))
+        first = fe.models[status]["value"]
+        assert "0:59:" in first and first.endswith("left"), first
+        deadline = time.monotonic() + 10
+        while fe.models[status]["value"] == first:  # the countdown moves, once a second
+            assert time.monotonic() < deadline, "the countdown did not move"
+            fe.pump_iopub()
+        fe.click(fe.button("go"))
+        assert fe.reply_to(msg_id)["content"]["status"] == "ok"
+        fe.pump_iopub()
+        assert fe.models[status]["value"].startswith("✔ event `go` fired")
+        assert "nbdurable: event `go` fired" in fe.text_of(msg_id)
+
+
 def test_slider_updates_and_other_cells_while_waiting(tmp_path, ipykernel_python):
     with Kernel(tmp_path, python=ipykernel_python) as k:
         k.execute(LOAD)
