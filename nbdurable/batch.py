@@ -164,7 +164,9 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
     job = Job(run=choose_run_id(run_id, parameters, str(source)),
               log_path=default_log(log, work), notebook=str(source), output=str(target),
               parameters=parameters, max_restarts=max_restarts)
-    if str(target) in (str(job.log_path), *(f"{job.log_path}{s}" for s in _LOG_SIDECARS)):
+    # the log, or a file nbdurable keeps beside it (<log>.lock, <log>.blobs, ...)
+    if target.parent == job.log_path.parent and (
+            target.name == job.log_path.name or target.name.startswith(f"{job.log_path.name}.")):
         raise UsageError(f"the output {target} is the log or one of its files; give another "
                          "OUTPUT or --log")
     job.check_log()
@@ -273,9 +275,6 @@ def _notes(nb, source: Path) -> list[str]:
         return [f"{source.name} has %%durable cells but no `%load_ext nbdurable` before them; "
                 "add that line to its first cell"]
     return []
-
-
-_LOG_SIDECARS = (".lock", ".wait", ".wal", ".journal", ".index", ".runs", ".blobs")
 
 
 def _check_parameters(parameters: Mapping[str, Any] | None) -> dict:

@@ -53,11 +53,16 @@ def runs(*, log=None):
 
     db = resolve_log(log)
     with db.lease() as con:
-        events = events_relation(con, db, None)
-        rows = con.execute(records.RUNS_SQL.format(
-            runs=schema.RUNS_SELECT.format(events=events),
-            attempts=schema.ATTEMPTS_SELECT.format(events=events))).fetchall()
-        driven = runstate.invocations(con, events)
+        table = _run_table(con, db, events_relation(con, db, None))
+    return pd.DataFrame.from_records(table, columns=RUNS_COLUMNS)
+
+
+def _run_table(con, db, events: str) -> list[dict]:
+    """The rows of :func:`runs`, from an events relation (holding the lease)."""
+    rows = con.execute(records.RUNS_SQL.format(
+        runs=schema.RUNS_SELECT.format(events=events),
+        attempts=schema.ATTEMPTS_SELECT.format(events=events))).fetchall()
+    driven = runstate.invocations(con, events)
     table = []
     for run, notebook, started, last, done, failed, attempts, latest in rows:
         invocation = driven.get(run)
@@ -67,7 +72,7 @@ def runs(*, log=None):
                       "last_activity": last, "attempts": attempts,
                       "parameters": json.dumps(invocation.parameters, default=str)
                       if invocation is not None else None})
-    return pd.DataFrame.from_records(table, columns=RUNS_COLUMNS)
+    return table
 
 
 def _status(db, run: str, invocation, latest) -> str:
@@ -149,8 +154,8 @@ class RunLog:
 
 def log(run: str | None = None, *, log=None) -> RunLog:
     """Each step of ``run`` (default: the current run): status (``reset`` when ``nbdurable
-    reset`` voided it), attempts, duration of the latest attempt, whether it last executed or replayed, its waits and their outcome; and the run's
-    events, pending and consumed."""
+    reset`` voided it), attempts, duration of the latest attempt, whether it last executed or
+    replayed, its waits and their outcome; and the run's events, pending and consumed."""
     from .events import list_events
 
     db = resolve_log(log)
@@ -169,7 +174,7 @@ def log(run: str | None = None, *, log=None) -> RunLog:
                             " kind IN (?, ?) ORDER BY rowid",
                             [run, schema.WAIT_STARTED, schema.WAIT_COMPLETED]).fetchall()
         resets = records.run_resets(con, run)
-        summary = runs(log=db).set_index("run").loc[run]
+        summary = next(row for row in _run_table(con, db, events) if row["run"] == run)
     pushed = list_events(run, log=db).to_dict("records")
     return RunLog(run, summary["status"], summary["notebook"],
                   json.loads(summary["parameters"]) if summary["parameters"] else None,

@@ -272,10 +272,7 @@ class Wait:
         ui = _ui(self) if _ui is not None else _SleepUI()
         try:
             while outcome is None:
-                generation = self.log.generation()
-                if generation != last or self._due():
-                    last = generation
-                    outcome = self.try_complete()
+                last, outcome = self._look(last)
                 if outcome is None:
                     ui.tick(self._pause())
             ui.finished(self.outcome_text(outcome))
@@ -289,13 +286,18 @@ class Wait:
         last = self.log.generation()
         outcome = self.try_complete()
         while outcome is None:
-            generation = self.log.generation()
-            if generation != last or self._due():
-                last = generation
-                outcome = self.try_complete()
+            last, outcome = self._look(last)
             if outcome is None:
                 await asyncio.sleep(self._pause())
         return outcome
+
+    def _look(self, last: int) -> tuple[int, dict | None]:
+        """Read the mailbox only when the log changed since generation ``last`` (a push bumps
+        it) or a deadline passed; (the generation now, the outcome if the wait completed)."""
+        generation = self.log.generation()
+        if generation != last or self._due():
+            return generation, self.try_complete()
+        return last, None
 
     def _due(self) -> bool:
         """A deadline passed since the mailbox was last looked at."""
