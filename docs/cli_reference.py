@@ -7,14 +7,12 @@ or an option cannot go undocumented.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from nbdurable.cli import parser
 
 TARGET = Path(__file__).with_name("cli.md")
-WIDTH = "100"
 
 HEADER = """# `nbdurable` command reference
 
@@ -34,17 +32,58 @@ def commands(top: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
 
 
 def render() -> str:
-    previous = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = WIDTH  # argparse wraps help text to the terminal's width
-    try:
-        sections = [f"## `{cmd.prog}`\n\n```text\n{cmd.format_help().rstrip()}\n```\n"
-                    for cmd in commands(parser())]
-    finally:
-        if previous is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = previous
-    return HEADER + "\n" + "\n".join(sections)
+    """The reference, laid out here rather than by argparse (whose layout differs between
+    Python versions), so the file is the same whatever Python renders it."""
+    return HEADER + "\n" + "\n".join(_section(cmd) for cmd in commands(parser()))
+
+
+def _section(cmd: argparse.ArgumentParser) -> str:
+    lines = [f"## `{cmd.prog}`", ""]
+    if cmd.description:
+        lines += [cmd.description, ""]
+    lines += ["```text", _usage(cmd), "```", ""]
+    shown = [action for action in cmd._actions if action.help != argparse.SUPPRESS]
+    rows = [_row(action) for action in sorted(shown, key=lambda a: bool(a.option_strings))]
+    lines += ["| argument | what it does |", "|---|---|", *rows, ""]
+    if cmd.epilog:
+        lines += [cmd.epilog, ""]
+    return "\n".join(lines)
+
+
+def _usage(cmd: argparse.ArgumentParser) -> str:
+    words = [cmd.prog]
+    for action in cmd._actions:
+        if action.option_strings:
+            continue
+        name = _metavar(action) if not _choices(action) else "COMMAND ..."
+        words.append(f"[{name}]" if action.nargs == "?" else name)
+    if any(action.option_strings for action in cmd._actions):
+        words.append("[options]")
+    return " ".join(words)
+
+
+def _row(action: argparse.Action) -> str:
+    if action.option_strings:
+        takes = _metavar(action) if action.nargs != 0 else ""
+        names = ", ".join(f"`{(o + ' ' + takes).strip()}`" for o in action.option_strings)
+    else:
+        names = f"`{_metavar(action)}`"
+    what = (action.help or "") % {"default": action.default, "prog": "nbdurable"}
+    if _choices(action):
+        what = "; ".join(f"`{name}`: {sub.help}" for name, sub in _choices(action).items())
+    what = what.replace("|", "\\|")
+    return f"| {names} | {what} |"
+
+
+def _metavar(action: argparse.Action) -> str:
+    metavar = action.metavar or (action.dest.upper() if action.option_strings else action.dest)
+    return " ".join(metavar) if isinstance(metavar, tuple) else metavar
+
+
+def _choices(action: argparse.Action) -> dict:
+    if not isinstance(action, argparse._SubParsersAction):
+        return {}
+    return {sub.dest: sub for sub in action._choices_actions}
 
 
 if __name__ == "__main__":

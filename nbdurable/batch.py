@@ -18,7 +18,7 @@ from typing import Any
 
 import xxhash
 
-from . import runstate, settings
+from . import claims, runstate, settings
 from .errors import UsageError
 
 ENGINE = "nbdurable"
@@ -35,7 +35,7 @@ class Job:
     output: str | None
     parameters: dict
     max_restarts: int = 0
-    claim: runstate.Claim | None = None
+    claim: claims.Claim | None = None
 
     @classmethod
     def from_engine(cls, nb, kwargs: dict) -> Job:
@@ -56,22 +56,25 @@ class Job:
                    max_restarts=int(restarts))
 
     @contextmanager
-    def claimed(self) -> Iterator[runstate.Claim]:
+    def claimed(self) -> Iterator[claims.Claim]:
+        """Hold the run's claim (if :func:`run` does not hold it already). A log that is not
+        an nbdurable log, or is too new, is refused first and stays untouched; the claim comes
+        before the log is opened, so that a kernel left running by a driver that died (which
+        may hold the log) is ended first."""
         if self.claim is not None:
             yield self.claim
             return
-        self.check_log()
-        with runstate.Claim(self.log_path, self.run) as claim:
-            yield claim
-
-    def check_log(self) -> None:
-        """Refuse a log that is not an nbdurable log or is too new (it stays untouched)."""
         from .logdb import open_log, sniff
 
         if self.log_path.exists():
             sniff(self.log_path)  # before any file is created beside it
-        with open_log(self.log_path).lease():
-            pass
+        with claims.Claim(self.log_path, self.run) as self.claim:
+            try:
+                with open_log(self.log_path).lease():
+                    pass
+                yield self.claim
+            finally:
+                self.claim = None
 
     def record(self, statement) -> None:
         from .logdb import open_log
@@ -169,8 +172,7 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
             target.name == job.log_path.name or target.name.startswith(f"{job.log_path.name}.")):
         raise UsageError(f"the output {target} is the log or one of its files; give another "
                          "OUTPUT or --log")
-    job.check_log()
-    with runstate.Claim(job.log_path, job.run) as job.claim:
+    with job.claimed() as claim:
         try:
             papermill.execute_notebook(
                 str(source), str(target), parameters=parameters, engine_name=ENGINE,
@@ -178,7 +180,7 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
         except papermill.PapermillExecutionError:
             pass  # recorded in the output notebook, read below
     result = _result(job, target)
-    result.notes = _notes(nb, source)
+    result.notes = claim.notes + _notes(nb, source)
     return result
 
 

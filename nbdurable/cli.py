@@ -46,7 +46,7 @@ def _run_parser(sub) -> None:
                    "again to resume", "Execute NOTEBOOK with papermill as a durable run. "
                    "Running the same run id again resumes it: completed durable cells replay "
                    "from the log, the rest executes.")
-    cmd.add_argument("notebook", metavar="NOTEBOOK")
+    cmd.add_argument("notebook", metavar="NOTEBOOK", help="the notebook to execute")
     cmd.add_argument("output", metavar="OUTPUT", nargs="?",
                      help="the executed notebook (default: NOTEBOOK's name + .out.ipynb)")
     cmd.add_argument("--run-id", metavar="ID", help="the run (default: a run_id parameter, "
@@ -75,7 +75,7 @@ def _log_parser(sub) -> None:
     cmd = _command(sub, "log", "nbdurable.log", "what happened in a run, step by step",
                    "Show each step of RUN: status, attempts, duration, executed or replayed, "
                    "its waits and their outcome; and the run's events.")
-    cmd.add_argument("run", metavar="RUN")
+    cmd.add_argument("run", metavar="RUN", help="the run id")
     cmd.set_defaults(handler=_log)
 
 
@@ -83,7 +83,7 @@ def _reset_parser(sub) -> None:
     cmd = _command(sub, "reset", "nbdurable.reset", "make a run's steps run again",
                    "Invalidate the checkpoints of RUN's steps (all, or from STEP on) so that "
                    "they execute again the next time they are reached. Nothing is deleted.")
-    cmd.add_argument("run", metavar="RUN")
+    cmd.add_argument("run", metavar="RUN", help="the run id")
     cmd.add_argument("--from", dest="from_step", metavar="STEP",
                      help="reset STEP and every step first run after it")
     cmd.add_argument("--include-once", action="store_true",
@@ -98,8 +98,8 @@ def _event_parser(sub) -> None:
     actions = event.add_subparsers(dest="action", metavar="ACTION", required=True)
     push = _command(actions, "push", "nbdurable.push_event", "put an event in a run's mailbox",
                     "Put an event in RUN's mailbox; a cell waiting for KEY carries on.")
-    push.add_argument("run", metavar="RUN")
-    push.add_argument("key", metavar="KEY")
+    push.add_argument("run", metavar="RUN", help="the run id")
+    push.add_argument("key", metavar="KEY", help="the event key a wait names")
     push.add_argument("payload", metavar="PAYLOAD_JSON", nargs="?",
                       help="JSON payload; '-' reads it from stdin (default: null)")
     push.add_argument("--id", help="event id: pushing the same id again adds nothing")
@@ -107,7 +107,7 @@ def _event_parser(sub) -> None:
     listing = _command(actions, "list", "nbdurable.list_events",
                        "a run's events, pending and consumed",
                        "List RUN's events, oldest first, pending and consumed.")
-    listing.add_argument("run", metavar="RUN")
+    listing.add_argument("run", metavar="RUN", help="the run id")
     listing.set_defaults(handler=_event_list)
 
 

@@ -4,8 +4,10 @@ It executes the notebook like papermill's own nbclient engine, and also:
 
 - runs the kernel with ``NBDURABLE_RUN`` / ``NBDURABLE_LOG`` set, so ``%%durable`` cells of a run
   that died earlier replay from the log and the run continues where it died;
-- holds the run's claim (a second invocation of the run is refused) and records the invocation
-  in the log: started with its parameters, finished as completed, failed or crashed;
+- holds the run's claim (a second invocation of the run is refused), and makes each kernel part
+  of it before the first cell, so a kernel stops the moment its driver dies
+  (:mod:`nbdurable.claims`); records the invocation in the log: started with its parameters,
+  finished as completed, failed or crashed;
 - when the kernel dies, marks the cell that was running as failed with an error output saying
   so (papermill's own engine leaves it "completed"), and with ``max_restarts`` starts a fresh
   kernel and runs the notebook again: completed durable cells replay, the run goes on.
@@ -29,7 +31,8 @@ import tempfile
 import nbformat
 from nbclient.exceptions import DeadKernelError
 
-from . import batch, runstate
+from . import batch, claims, runstate
+from .errors import NbdurableError
 
 DEAD_KERNEL = "DeadKernelError"
 
@@ -65,8 +68,11 @@ def _build_engine(NBClientEngine: type) -> type:  # noqa: N803 (a class)
                                      execution_timeout=None, **kwargs):
             job = batch.Job.from_engine(nb_man.nb, kwargs)
             kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
+            standalone = job.claim is None  # plain papermill: no `nbdurable run` to tell
             with job.claimed() as claim, tempfile.TemporaryDirectory(
                     prefix="nbdurable-") as sockets:
+                for note in claim.notes if standalone else ():
+                    logger.warning(note)
                 kwargs.setdefault("config", batch.local_kernel_config(sockets))
                 client_kwargs = merge_kwargs(
                     kwargs, timeout=execution_timeout or None, startup_timeout=start_timeout,
@@ -81,12 +87,29 @@ def _build_engine(NBClientEngine: type) -> type:  # noqa: N803 (a class)
 
 @functools.cache
 def _client_class() -> type:
+    from nbclient.util import run_sync
     from papermill.clientwrap import PapermillNotebookClient
 
     class Client(PapermillNotebookClient):
-        """Papermill's client, noting the cell in which the kernel died."""
+        """Papermill's client, making each kernel part of the run's claim before its first
+        cell, and noting the cell in which the kernel died."""
 
         dead_cell: int | None = None
+        guard_code: str = ""
+
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            reply = await self.async_wait_for_reply(
+                kc.execute(self.guard_code, silent=True, store_history=False))
+            content = (reply or {}).get("content", {})
+            if content.get("status") != "ok":
+                await self._async_cleanup_kernel()
+                raise NbdurableError("the kernel could not join the run's claim: "
+                                     f"{content.get('ename')}: {content.get('evalue')}")
+            return kc
+
+        # nbclient binds the sync form to its own coroutine, not to an override
+        start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
         def execute_cell(self, cell, cell_index, *args, **kwargs):
             try:
@@ -101,7 +124,7 @@ def _client_class() -> type:
 class _Invocation:
     """One invocation of a run: kernels started until the notebook ends or restarts run out."""
 
-    def __init__(self, job: batch.Job, claim: runstate.Claim, nb_man, client_kwargs: dict):
+    def __init__(self, job: batch.Job, claim: claims.Claim, nb_man, client_kwargs: dict):
         self.job, self.claim, self.nb_man = job, claim, nb_man
         self.client_kwargs = client_kwargs
         self.restarts = 0
@@ -128,6 +151,7 @@ class _Invocation:
     def _kernels(self) -> tuple[str, dict | None]:
         while True:
             client = _client_class()(self.nb_man, **self.client_kwargs)
+            client.guard_code = self.claim.kernel_guard_code()
             try:
                 client.execute(env={**os.environ, **self.job.kernel_env()})  # to start_kernel
             except DeadKernelError:

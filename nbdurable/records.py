@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from . import schema
 from .objects import StoredRef
+from .processes import HOST
 
-HOST = socket.gethostname()
 Statement = tuple[str, list]
 _INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)"
 

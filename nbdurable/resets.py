@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from . import records, runstate, schema, settings
+from . import claims, records, schema, settings
 from .errors import RunBusyError, UsageError
 from .reports import events_relation, require_run, resolve_log
 
@@ -22,9 +22,10 @@ def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
     return the names of the steps reset. ``include_once`` also forgets their ``once`` keys."""
     db = resolve_log(log)
     run = settings.check_run_id(run)
-    if runstate.holder(db.path, run):
-        raise RunBusyError(f"run {run!r} is executing now ({runstate.describe_holder(db.path, run)})"
-                           "; reset it once that invocation has ended")
+    who = claims.holder(db.path, run)
+    if who:
+        raise RunBusyError(f"run {run!r} is executing now ({who.describe()}); reset it once "
+                           "that invocation has ended")
     with db.transaction() as con:
         require_run(con, db, run)
         events = events_relation(con, db, run)  # with attempts still in journals

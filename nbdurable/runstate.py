@@ -2,11 +2,10 @@
 
 A batch driver (``nbdurable run``, the papermill engine) records each invocation of a run:
 ``run_started`` (notebook, parameters, process), ``kernel_died`` for each kernel death it
-survived, and ``run_finished`` (completed, failed or crashed, and why). While it runs it holds
-the run's *claim*: an exclusive ``flock`` on ``<log>.runs/<hash of the run>.lock``, whose
-content names the holder. A second invocation of the same run fails at once with
-:class:`RunBusyError` naming that process. The OS drops the flock when the driver dies, so an
-invocation that never finished and whose claim is free has crashed.
+survived, and ``run_finished`` (completed, failed or crashed, and why). While it runs, it and
+its kernels hold the run's claim (:mod:`nbdurable.claims`). The OS drops those locks when their
+processes die, so an invocation that never finished and whose claim is free has crashed: no
+process of it executes the run any more.
 
 A run without a driver (an interactive notebook, plain papermill) gets its status from its
 steps: ``running`` while an attempt is in flight in a live process, ``crashed`` when one was
@@ -16,105 +15,17 @@ left in flight by a dead process, ``failed`` when a step's latest attempt failed
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import xxhash
-
-from . import records, schema
-from .errors import RunBusyError
+from . import claims, records, schema
+from .claims import Claim
+from .processes import ProcessId
 
 RUNNING, COMPLETED, FAILED, CRASHED = "running", "completed", "failed", "crashed"
-#: How long a claim waits out shared locks that `holder()` takes for microseconds.
-CLAIM_PATIENCE = 0.5
-
-
-def claim_path(log_path: Path, run: str) -> Path:
-    return Path(f"{log_path}.runs") / f"{xxhash.xxh3_64_hexdigest(run.encode())}.lock"
-
-
-class Claim:
-    """This process executes ``run`` (see the module doc); a context manager."""
-
-    def __init__(self, log_path: Path, run: str, command: str | None = None):
-        self.run = run
-        self.invocation = uuid.uuid4().hex
-        self.path = claim_path(log_path, run)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + CLAIM_PATIENCE
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:  # maybe a status reader's brief shared lock
-                    time.sleep(0.01)
-                    continue
-                os.close(self._fd)
-                raise RunBusyError(_busy_message(run, _read_holder(self.path))) from None
-        holder = {"run": run, "pid": os.getpid(), "host": records.HOST,
-                  "command": command or " ".join(sys.argv), "since": str(records.now())[:19],
-                  "invocation": self.invocation}
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(holder).encode(), 0)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # drops the flock
-            self._fd = -1
-
-    def __enter__(self) -> Claim:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def holder(log_path: Path, run: str) -> dict | None:
-    """Who holds the run's claim now (its recorded details), or None."""
-    path = claim_path(log_path, run)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _read_holder(path) or {"run": run}
-    else:
-        return None
-    finally:
-        os.close(fd)  # also drops our shared lock, if we got it
-
-
-def describe_holder(log_path: Path, run: str) -> str:
-    who = holder(log_path, run) or {}
-    return (f"process {who.get('pid', '?')} on {who.get('host', '?')}, "
-            f"{who.get('command', '?')}")
-
-
-def _read_holder(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
-
-
-def _busy_message(run: str, who: dict) -> str:
-    if not who.get("pid"):
-        return (f"run {run!r} is being executed by another process; wait for it to end, or "
-                "give another --run-id")
-    return (f"run {run!r} is being executed by process {who['pid']} on {who.get('host', '?')} "
-            f"({who.get('command', '?')}, since {who.get('since', '?')} UTC); wait for it to "
-            "end or stop that process, or give another --run-id")
 
 
 # -- the events a driver writes -----------------------------------------------------------------
@@ -173,7 +84,7 @@ def invocations(con, events: str = "events") -> dict[str, Invocation]:
 def driven_status(log_path: Path, run: str, invocation: Invocation) -> str:
     if invocation.finished is not None:
         return invocation.finished["status"]
-    return RUNNING if holder(log_path, run) else CRASHED
+    return RUNNING if claims.holder(log_path, run) else CRASHED
 
 
 def undriven_status(latest: list[tuple[str, int | None, str | None]]) -> str:
@@ -190,14 +101,4 @@ def process_alive(pid: int | None, host: str | None = records.HOST) -> bool:
     """Whether process ``pid`` of ``host`` runs (a process of another machine: assumed so)."""
     if host != records.HOST:
         return True
-    if not pid:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(pid) and ProcessId(int(pid)).alive()

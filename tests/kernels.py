@@ -89,9 +89,15 @@ class Kernel:
         self.kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
         self.pid = int(self.execute("import os; print(os.getpid())").stream().strip())
 
+    def send(self, code: str) -> str:
+        """Queue ``code`` as a cell; returns the request's msg_id. An error in it does not
+        abort the requests queued behind it (``stop_on_error``): a request sent right after
+        an error reply would otherwise be aborted unexecuted, depending on timing."""
+        return self.kc.execute(code, store_history=True, stop_on_error=False)
+
     def execute(self, code: str, timeout: float = CELL_TIMEOUT) -> Reply:
         """Run ``code`` as a cell and wait until the kernel is idle again."""
-        msg_id = self.kc.execute(code, store_history=True)
+        msg_id = self.send(code)
         outputs = self._collect(msg_id, timeout)
         reply = self.kc.get_shell_msg(timeout=timeout)
         while reply["parent_header"].get("msg_id") != msg_id:
@@ -124,7 +130,7 @@ class Kernel:
 
     def execute_until_death(self, code: str, timeout: float = CELL_TIMEOUT) -> None:
         """Run ``code``, which is expected to kill the kernel; wait until the process is gone."""
-        self.kc.execute(code, store_history=True)
+        self.send(code)
         self.wait_dead(timeout)
 
     def wait_dead(self, timeout: float = CELL_TIMEOUT) -> None:

@@ -272,29 +272,6 @@ def test_a_second_invocation_of_a_running_run_is_refused(work):
     assert runs_json(work)["busy"]["status"] == "completed"
 
 
-def test_a_killed_driver_leaves_a_crashed_run_that_resumes(work):
-    write_notebook(work / "slow.ipynb", [
-        "%load_ext nbdurable", "%%durable one\n" + effect("one"),
-        "%%durable slow\nimport pathlib, time\n" + effect("slow")
-        + "pathlib.Path('started').touch()\n"
-        "while not pathlib.Path('go').exists():\n    time.sleep(0.05)"])
-    cmd = [sys.executable, "-m", "nbdurable.cli", "run", "slow.ipynb", "out.ipynb",
-           "--run-id", "k"]
-    driver = subprocess.Popen(cmd, cwd=work, env=clean_env(), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_file(work / "started", timeout=TIMEOUT)
-    os.killpg(driver.pid, 9)  # the driver and its kernel, as a killed pod would
-    driver.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while runs_json(work)["k"]["status"] != "crashed":
-        assert time.monotonic() < deadline, runs_json(work)["k"]
-        time.sleep(0.2)
-    (work / "go").touch()
-    out = nbdurable("run", "slow.ipynb", "out.ipynb", "--run-id", "k", cwd=work)
-    assert out.returncode == 0, out.stderr
-    assert effects(work) == Counter(one=1, slow=2)
-
-
 # -- log and reset ------------------------------------------------------------------------------
 
 def test_log_and_reset(work):
@@ -469,7 +446,7 @@ def test_status_of_runs_without_a_driver(tmp_path):
     log = tmp_path / "log.duckdb"
     with Kernel(tmp_path) as k:
         k.execute("%load_ext nbdurable")
-        k.kc.execute(cell)
+        k.send(cell)
         wait_for_file(tmp_path / "started")
         assert runs_json(tmp_path, "--log", log)["test-run"]["status"] == "running"
         k.sigkill()

@@ -433,7 +433,7 @@ def test_output_streams_live_while_the_cell_runs(workdir):
     """)
     with Kernel(workdir) as k:
         k.execute(LOAD)
-        msg_id = k.kc.execute(cell)
+        msg_id = k.send(cell)
         seen = ""
         while "first line" not in seen:  # the front end gets it before the cell ends
             msg = k.kc.get_iopub_msg(timeout=60)
@@ -458,7 +458,7 @@ def test_kernel_interrupt_is_recorded_as_interrupted(workdir):
     """)
     with Kernel(workdir) as k:
         k.execute(LOAD)
-        msg_id = k.kc.execute(cell)
+        msg_id = k.send(cell)
         wait_for_file(started)
         k.km.interrupt_kernel()
         reply = k.kc.get_shell_msg(timeout=60)
@@ -528,7 +528,7 @@ def test_history_from_another_process_sees_a_running_cell(workdir):
     with Kernel(workdir) as k:
         k.execute(LOAD)
         k.execute("%%durable before\nx = 1")
-        msg_id = k.kc.execute(cell)
+        msg_id = k.send(cell)
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                              timeout=120)
         go.touch()

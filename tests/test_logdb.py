@@ -668,6 +668,9 @@ def _fork_child(db: LogDB, parent_pid: int) -> None:
 _PARENT_SHARED: list[LogDB] = []
 
 
+# The fork is the point of the test (users fork after using nbdurable: multiprocessing's "fork"
+# start method); Python 3.12+ warns on every fork of a process with threads, as this one has.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_uses_its_own_lease(log):
     db = LogDB(log, linger=30)
     _PARENT_SHARED[:] = [open_log(log)]

@@ -23,7 +23,7 @@ def test_two_kernels_interleave_durable_cells_on_one_log(tmp_path):
         for k in kernels.values():
             k.execute(LOAD)
         # Queue every cell on both kernels first, so that they really run at the same time.
-        sent = {run: [k.kc.execute(
+        sent = {run: [k.send(
             f"%%durable step{i}\nopen({str(counters[run])!r}, 'a').write('x\\n')\n"
             f"v{i} = {i} * 2\nprint('{run}', v{i})") for i in range(n)]
             for run, k in kernels.items()}

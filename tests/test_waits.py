@@ -214,7 +214,7 @@ def test_event_from_the_cli_releases_a_waiting_cell_then_replays(tmp_path, ipyke
     with Kernel(tmp_path, python=ipykernel_python) as k:
         k.execute(LOAD)
         k.execute("%%durable setup\nx = 1")
-        msg_id = k.kc.execute(cell)
+        msg_id = k.send(cell)
         wait_for_file(counter)
         out = cli("event", "push", "test-run", "approve", '{"by": "ann"}', log=log)
         assert out.returncode == 0, out.stderr
@@ -242,7 +242,7 @@ def test_pushes_while_the_kernel_is_idle_or_running_another_cell(tmp_path):
         k.execute("%%durable setup\nx = 1")
         out = cli("event", "push", "test-run", "a", '"while idle"', log=log)
         assert out.returncode == 0, out.stderr
-        busy = k.kc.execute(f"%%durable busy\nimport pathlib, time\n"
+        busy = k.send(f"%%durable busy\nimport pathlib, time\n"
                             f"pathlib.Path({str(started)!r}).touch()\n"
                             f"while not pathlib.Path({str(tmp_path / 'go')!r}).exists():\n"
                             "    time.sleep(0.05)")
@@ -294,7 +294,7 @@ def test_a_durable_sleep_keeps_its_deadline_across_sigkill(tmp_path):
     """).strip()
     with Kernel(tmp_path) as k:
         k.execute(LOAD)
-        k.kc.execute(cell)
+        k.send(cell)
         wait_for_file(started)
         time.sleep(3)  # let 3 s of the 6 s sleep pass before the kill
         k.sigkill()
@@ -339,7 +339,7 @@ def test_interrupting_a_wait(tmp_path):
     with Kernel(tmp_path) as k:
         k.execute(LOAD)
         k.execute("%%durable first\nimport nbdurable\nnbdurable.push_event('a', 1)")
-        msg_id = k.kc.execute(cell)
+        msg_id = k.send(cell)
         wait_for_file(started)
         k.km.interrupt_kernel()
         reply = k.kc.get_shell_msg(timeout=60)
@@ -347,7 +347,7 @@ def test_interrupting_a_wait(tmp_path):
         # also when the interrupt lands inside a DuckDB query (it raises its own error there)
         assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]["evalue"]
         hist = k.execute("import nbdurable\nprint(nbdurable.history()['status'].tolist())")
-        assert hist.stream() == "['completed', 'interrupted']\n"
+        assert hist.stream() == "['completed', 'interrupted']\n", (hist.ename, hist.evalue)
         pending = k.execute("print(nbdurable.list_events()[['key', 'status']].values.tolist())")
         assert pending.stream() == "[['a', 'pending']]\n"  # nothing consumed, nothing lost
         assert k.execute("print(1 + 1)").stream() == "2\n"

@@ -85,7 +85,7 @@ class FrontEnd:
 
     def run(self, code: str) -> dict:
         """Execute a cell and wait for its reply, keeping the widget models it opens."""
-        reply = self.reply_to(self.k.kc.execute(code))
+        reply = self.reply_to(self.k.send(code))
         assert reply["content"]["status"] == "ok", reply["content"]
         self.pump_iopub()
         return reply
@@ -107,7 +107,7 @@ def test_panel_button_click_releases_the_waiting_cell(tmp_path, ipykernel_python
     with Kernel(tmp_path, python=ipykernel_python) as k:
         k.execute(LOAD)
         fe = FrontEnd(k)
-        msg_id = k.kc.execute(cell)
+        msg_id = k.send(cell)
         button = fe.button("reject")
         field = fe.field_next_to(button)
         fe.type_into(field, '"shorter"')
@@ -135,7 +135,7 @@ def test_a_reloaded_page_gets_the_panel_and_its_button_works(tmp_path, ipykernel
     with Kernel(tmp_path, python=ipykernel_python) as k:
         k.execute(LOAD)
         fe = FrontEnd(k)
-        msg_id = k.kc.execute(cell)
+        msg_id = k.send(cell)
         fe.button("go")  # the first page saw the panel
         control = "control-" + str(time.monotonic_ns())
         opened = k.kc.session.msg("comm_open", {"comm_id": control, "data": {},
@@ -171,7 +171,7 @@ def test_the_panel_says_what_it_waits_for_counts_down_then_says_what_fired(tmp_p
     with Kernel(tmp_path) as k:
         k.execute(LOAD)
         fe = FrontEnd(k)
-        msg_id = k.kc.execute(cell)
+        msg_id = k.send(cell)
         status = fe.find(lambda s: s.get("_model_name") == "HTMLModel"
                          and "waiting for event `go` or sleep 60 min" in s.get("value", ""))
         first = fe.models[status]["value"]
@@ -194,10 +194,10 @@ def test_slider_updates_and_other_cells_while_waiting(tmp_path, ipykernel_python
         fe.run("import ipywidgets as w\nslider = w.IntSlider(value=1, description='level')\n"
                "slider")
         slider = fe.find(lambda s: s.get("description") == "level")
-        waiting = k.kc.execute("%%durable w\nimport nbdurable\n"
+        waiting = k.send("%%durable w\nimport nbdurable\n"
                                "got = nbdurable.wait_for_event('go')\nlevel_seen = slider.value")
         go = fe.button("go")  # the panel is up: the cell blocks in its wait
-        later = k.kc.execute("print('later cell ran, slider at', slider.value)")
+        later = k.send("print('later cell ran, slider at', slider.value)")
         fe.send(slider, {"method": "update", "state": {"value": 7}, "buffer_paths": []})
         fe.click(go)  # handled after the update, in order, while the cell still waits
         assert fe.reply_to(waiting)["content"]["status"] == "ok"
@@ -216,9 +216,9 @@ def test_a_click_sent_while_the_waiting_cell_is_queued_is_not_lost(tmp_path, ipy
         fe = FrontEnd(k)
         fe.run("import nbdurable\nnbdurable.event_button('go', {'from': 'button'})")
         button = fe.button("go")
-        first = k.kc.execute(f"import pathlib, time\npathlib.Path({str(busy)!r}).touch()\n"
+        first = k.send(f"import pathlib, time\npathlib.Path({str(busy)!r}).touch()\n"
                              f"while not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.01)")
-        waiting = k.kc.execute("%%durable waits\nimport nbdurable\n"
+        waiting = k.send("%%durable waits\nimport nbdurable\n"
                                "got = nbdurable.wait_for_event('go', timeout=120)\nprint(got)")
         wait_for_file(busy)
         fe.click(button)  # the waiting cell is still queued behind `first`
@@ -236,7 +236,7 @@ def test_a_click_sent_while_the_waiting_cell_is_queued_is_not_lost(tmp_path, ipy
 def test_event_button_in_another_kernel_on_the_same_log(tmp_path):
     with Kernel(tmp_path) as waiter, Kernel(tmp_path) as other:
         waiter.execute(LOAD)
-        msg_id = waiter.kc.execute("%%durable w\nimport nbdurable\n"
+        msg_id = waiter.send("%%durable w\nimport nbdurable\n"
                                    "print(nbdurable.wait_for_event('ok'))")
         wait = FrontEnd(waiter)
         wait.button("ok")  # waiting
@@ -260,7 +260,7 @@ def test_await_form_gets_clicks_on_ipykernel_7_4(tmp_path):
         fe = FrontEnd(k)
         fe.run("import nbdurable\nnbdurable.event_button('async-go', 5)")
         button = fe.button("async-go")
-        msg_id = k.kc.execute("%%durable a\nv = await nbdurable.wait_for_event_async('async-go')"
+        msg_id = k.send("%%durable a\nv = await nbdurable.wait_for_event_async('async-go')"
                               "\nv * 2")
         time.sleep(0.2)
         fe.click(button)
