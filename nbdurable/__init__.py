@@ -42,6 +42,7 @@ _LAZY = {
     "WaitResult": "nbdurable.waits",
     "push_event": "nbdurable.events",
     "list_events": "nbdurable.events",
+    "trust": "nbdurable.trusts",
     "event_button": "nbdurable.ipython.panel",
 }
 
@@ -88,3 +89,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .resets import reset
     from .settings import configure
     from .steps import once, once_reset, once_resolve, step
+    from .trusts import trust

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import LogCorruptError, UsageError
+from . import files
+from .errors import CheckpointError, LogCorruptError, UsageError
 
 Chunk = bytes | bytearray | memoryview | pickle.PickleBuffer
 
@@ -50,31 +51,38 @@ class BlobStore:
         """Whether the blob named ``digest`` is stored."""
         return self.path(digest).is_file()
 
-    def put(self, digest: str, chunks: Sequence[Chunk]) -> bool:
+    def put(self, digest: str, chunks: Sequence[Chunk], *, signer=None) -> bool:
         """Store the concatenation of ``chunks`` as ``digest``, durably.
 
         Returns False (writing nothing) if the blob already exists: the caller vouches that
         ``digest`` names the content, so identical content is stored once. Returns True once the
-        bytes, the file name and the directory entry are on disk.
+        bytes, the file name and the directory entry are on disk. Each chunk is given to
+        ``signer.add`` (:class:`nbdurable.signing.Signer`) as it is written.
         """
         final = self.path(digest)
         if final.exists():
             return False
-        _ensure_dir(final.parent)
         tmp = final.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
+            _ensure_dir(final.parent)
+            fd = files.open_private(tmp, os.O_WRONLY | os.O_EXCL)
             try:
                 for chunk in chunks:
-                    _write_all(fd, _byte_view(chunk))
+                    view = _byte_view(chunk)
+                    if signer is not None:
+                        signer.add(view)
+                    _write_all(fd, view)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise CheckpointError(files.describe(exc, final.parent)) from None
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        _fsync_dir(final.parent)
         return True
 
     def open(self, digest: str) -> BinaryIO:
@@ -99,10 +107,8 @@ def _byte_view(chunk: Chunk) -> memoryview:
 
 
 def _write_all(fd: int, view: memoryview) -> None:
-    total = view.nbytes
-    done = 0
-    while done < total:
-        done += os.write(fd, view[done : done + _MAX_WRITE])
+    for start in range(0, view.nbytes, _MAX_WRITE):
+        files.write_all(fd, view[start : start + _MAX_WRITE])
 
 
 def _ensure_dir(path: Path) -> None:
@@ -111,7 +117,7 @@ def _ensure_dir(path: Path) -> None:
         return
     _ensure_dir(path.parent)
     try:
-        os.mkdir(path)
+        os.mkdir(path, files.dir_mode())
     except FileExistsError:
         return
     _fsync_dir(path.parent)

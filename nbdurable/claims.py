@@ -40,7 +40,7 @@ from pathlib import Path
 
 import xxhash
 
-from . import processes
+from . import files, processes
 from .errors import RunBusyError
 from .processes import ProcessId
 
@@ -90,7 +90,7 @@ class Claim:
         self.invocation = uuid.uuid4().hex
         self.path = claim_path(log_path, run)
         self.notes: list[str] = []
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files.private_dir(self.path.parent)
         self._fd = _open(self.path)
         try:
             self._take()
@@ -279,7 +279,7 @@ def _lock_fresh(path: Path) -> int:
 # -- files and locks ------------------------------------------------------------------------------
 
 def _open(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return files.open_private(path, os.O_RDWR)
 
 
 class _opened:

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .errors import NbdurableError
@@ -28,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     _log_parser(sub)
     _reset_parser(sub)
     _event_parser(sub)
+    _trust_parser(sub)
     _demo_parser(sub)
     return top
 
@@ -109,6 +111,18 @@ def _event_parser(sub) -> None:
                        "List RUN's events, oldest first, pending and consumed.")
     listing.add_argument("run", metavar="RUN", help="the run id")
     listing.set_defaults(handler=_event_list)
+
+
+def _trust_parser(sub) -> None:
+    cmd = sub.add_parser("trust", help="sign a reviewed log's values with your secret",
+                         epilog=EPILOG, description="Sign every stored value of LOG (or of one "
+                         "run) with your secret, after you reviewed it: a log written with "
+                         "another secret, or copied from elsewhere, then replays. (library: "
+                         "nbdurable.trust)")
+    cmd.add_argument("log", metavar="LOG", help="the log file")
+    cmd.add_argument("--run", metavar="RUN", help="only this run's values")
+    cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+    cmd.set_defaults(handler=_trust)
 
 
 def _demo_parser(sub) -> None:
@@ -204,6 +218,17 @@ def _demo(args) -> int:
     return 0 if report.completed else 1
 
 
+def _trust(args) -> int:
+    from .trusts import trust
+
+    result = trust(_existing_log(args.log), run=args.run)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(result.message())
+    return 0
+
+
 def _existing_log(given: str | None) -> str:
     """The log a reading command uses: it must exist (a missing one is a typo, not a new log)."""
     from . import settings
@@ -257,8 +282,13 @@ def _version() -> str:
     return f"nbdurable {__version__}"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"nbdurable: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    warnings.showwarning = _show_warning  # one line each, like errors
     try:
         return args.handler(args)
     except NbdurableError as exc:

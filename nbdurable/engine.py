@@ -22,10 +22,10 @@ from typing import Any
 import xxhash
 
 from . import analysis, context, faults, objects, records, serializer, settings
-from .errors import UnstorableValueWarning
+from .errors import CheckpointError, UnstorableValueWarning
 from .fingerprint import Tracker, fingerprint, module_fingerprint
 from .logdb import LogDB, open_log
-from .journal import Journal
+from .journal import Journal, LogHeldWarning
 from .runindex import RunIndex
 
 
@@ -173,7 +173,7 @@ class Engine:
 
             return importlib.import_module(var.detail)
         ns = self.namespace if isinstance(self.namespace, dict) else None
-        return objects.load_value(log.blobs, var.ref.hash, var.ref.data, ns)
+        return objects.load_value(log, var.ref, ns)
 
     # -- executing ------------------------------------------------------------------------------
     def begin(self, decision: Decision) -> Execution:
@@ -191,7 +191,11 @@ class Engine:
             rows.insert(0, records.run_created(run, settings.notebook_path(self.namespace)))
             self._runs_seen.add((str(log.path), run))
         before = log.generation()
-        self._journal(log).append(rows)  # survives a kill of this process
+        journal = self._journal(log)
+        notice = journal.notice()
+        if notice:
+            warnings.warn(notice, LogHeldWarning, stacklevel=2)
+        journal.append(rows)  # survives a kill of this process
         log.announce_write()
         index.note(attempt)
         index.wrote(before, log.generation())
@@ -208,9 +212,25 @@ class Engine:
         """Checkpoint a finished body (``ok``) or record its failure.
 
         The outcome is durable (journal written and synced, blobs synced) when this returns;
-        it reaches the DuckDB log in the background, in one statement with the start.
+        it reaches the DuckDB log in the background, in one statement with the start. When it
+        cannot be made durable (a full disk): :class:`CheckpointError`, and the attempt stays
+        recorded as started only, so the step executes again.
         """
         context.leave(execution.step_context, execution.token)
+        log = execution.decision.log
+        journal = self._journal(log)
+        try:
+            result, finished, upto = self._record_outcome(execution, ok, outputs, error)
+        except CheckpointError:
+            journal.submit(execution.rows, journal.append([]))
+            raise
+        faults.crashpoint("after-commit")
+        journal.submit([*execution.rows, finished], upto)
+        attempt = execution.attempt
+        return Finished(attempt.status, attempt.attempt, attempt.duration_s, **result)
+
+    def _record_outcome(self, execution: Execution, ok: bool, outputs: list[dict],
+                        error: dict | None) -> tuple[dict, list, int]:
         log = execution.decision.log
         out_ref = objects.store_bytes(log.blobs, json.dumps(outputs).encode())
         result: dict = {}
@@ -227,16 +247,13 @@ class Engine:
         attempt.outputs = out_ref
         finished = records.attempt_finished(attempt, error=error)[1]
         faults.crashpoint("before-commit")
-        journal = self._journal(log)
         before = log.generation()
-        upto = journal.append([finished], sync=True)
+        upto = self._journal(log).append([finished], sync=True)
         log.announce_write()
         index = self._index(log, attempt.run)
         index.note(attempt)
         index.wrote(before, log.generation())
-        faults.crashpoint("after-commit")
-        journal.submit([*execution.rows, finished], upto)
-        return Finished(attempt.status, attempt.attempt, attempt.duration_s, **result)
+        return result, finished, upto
 
     def _checkpoint(self, execution: Execution, log: LogDB) -> dict:
         """Store what the body produced; remember the versions of the stored values."""
@@ -334,4 +351,4 @@ def _recorded_fp(var: records.Variable) -> str:
 def _decode_outputs(log: LogDB, ref: objects.StoredRef | None) -> list[dict]:
     if ref is None:
         return []
-    return json.loads(objects.load_bytes(log.blobs, ref.hash, ref.data))
+    return json.loads(objects.load_bytes(log, ref))

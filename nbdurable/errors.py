@@ -45,6 +45,19 @@ class LogCorruptError(LogError):
     """The log refers to data that is missing or damaged (for example a deleted blob file)."""
 
 
+class CheckpointError(LogError):
+    """A checkpoint could not be made durable (a full disk, a read-only folder). Nothing was
+    recorded for it: the step executes again next time."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"not checkpointed, it will execute again: {problem}")
+
+
+class SignatureError(LogCorruptError):
+    """A stored value does not match its HMAC (changed, damaged, or signed with another
+    secret). It is never loaded: the step that produced it executes again."""
+
+
 class StepError(NbdurableError):
     """A durable step cannot go on as asked."""
 
@@ -75,3 +88,8 @@ class WaitMismatchError(StepError):
 
 class UnstorableValueWarning(UserWarning):
     """A variable produced by a durable cell could not be stored in the log."""
+
+
+class IntegrityWarning(UserWarning):
+    """Something stored could not be trusted (damaged, changed, unsigned) and was not used; the
+    work it recorded runs again."""

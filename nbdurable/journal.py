@@ -6,12 +6,23 @@ So the events of an attempt go first to this process's journal
 
 - ``attempt_started`` with a plain ``write`` (~20 us): it survives the process being killed;
 - ``attempt_finished`` (variables and outputs included) with ``write`` + ``fdatasync``
-  (~0.3 ms): from then on the checkpoint is durable, even across a power cut.
+  (~0.3 ms): from then on the checkpoint is durable, even across a power cut. A write that
+  cannot be completed (a full disk) is undone and raises :class:`CheckpointError`: the
+  journal never holds a partial line of its own making.
 
 A background thread then inserts the events into the log, those of a burst of cells (Run All)
-in one statement, and empties the journal once everything in it is in the log. Until then, readers see the journal's events as
-if they were in the log (:func:`live_rows`); the DuckDB insert changes nothing they can see, so
-it does not bump the write generation.
+in one statement. A batch that does not reach the log (the log is held by another program, the
+disk is full) stays queued, in order, and is retried with backoff until it lands; the journal
+is emptied only when everything written to it is in the log. Until then, readers see the
+journal's events as if they were in the log (:func:`live_rows`), so they never disagree with
+this process's caches; the DuckDB insert changes nothing they can see, so it does not bump the
+write generation.
+
+Each line is a JSON array and, after a tab, the xxh3-64 of that JSON: a line that does not
+decode, parse, validate or match its checksum is damaged. Damaged lines are never copied into
+the log and never stop the other lines: they are set aside in ``<log>.journal/quarantine/``
+with a one-line :class:`JournalDamageWarning`. A last line without its newline is a write the
+process died in the middle of (never acknowledged): it is dropped.
 
 A journal whose process is gone is moved into the log (idempotently: rows already there are
 skipped) by whoever next rebuilds its view of the log, and deleted. Process identity includes
@@ -22,56 +33,119 @@ from __future__ import annotations
 
 import atexit
 import base64
+import binascii
 import json
 import os
 import queue
-import socket
 import threading
 import time
+import warnings
 from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-HOST = socket.gethostname().replace("-", "_") or "localhost"
+import xxhash
+
+from . import files, schema
+from .errors import CheckpointError
+from .processes import HOST as _HOSTNAME
+from .processes import ProcessId, start_time
+
+HOST = _HOSTNAME.replace("-", "_") or "localhost"
 #: An event row as in the ``events`` table: run, step, attempt, kind, ts, body, data.
 Row = list
 _RECOVER = ("INSERT INTO events SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM"
             " events WHERE run = ? AND step IS NOT DISTINCT FROM ? AND attempt IS NOT DISTINCT"
-            " FROM ? AND kind = ?)")
+            " FROM ? AND kind = ? AND ts = ?)")
 _DRAIN_TIMEOUT = 10.0
 _BATCH_WINDOW = 0.05  # seconds the writer waits for more attempts to insert together
+_RETRY_FIRST, _RETRY_CAP = 0.2, 10.0  # backoff of a batch that did not reach the log
+_KINDS = frozenset(v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str)
+                   and k not in ("FORMAT", "ATTEMPTS_SELECT", "RUNS_SELECT"))
 
 
-def _start_token(pid: int) -> str:
-    """When the process started (Linux), so that a reused pid is not taken for the old one."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return "0"
+class JournalDamageWarning(UserWarning):
+    """Lines of a journal were damaged; they were set aside, the rest was used."""
 
 
-def _alive(pid: int, token: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return token == "0" or _start_token(pid) in (token, "0")
+class LogHeldWarning(UserWarning):
+    """Checkpoints are safe in this process's journal but cannot reach the log yet."""
 
 
-def _encode(row: Row) -> bytes:
+# -- lines --------------------------------------------------------------------------------------
+
+def encode(row: Row) -> bytes:
     run, step, attempt, kind, ts, body, data = row
     blob = base64.b64encode(data).decode() if data is not None else None
-    return (json.dumps([run, step, attempt, kind, ts.isoformat(), body, blob]) + "\n").encode()
+    payload = json.dumps([run, step, attempt, kind, ts.isoformat(), body, blob]).encode()
+    return payload + b"\t" + xxhash.xxh3_64_hexdigest(payload).encode() + b"\n"
 
 
-def _decode(line: str) -> Row:
-    run, step, attempt, kind, ts, body, blob = json.loads(line)
-    data = base64.b64decode(blob) if blob is not None else None
-    return [run, step, attempt, kind, datetime.fromisoformat(ts), body, data]
+class Damaged(ValueError):
+    """A journal line that must not be used."""
 
+
+def decode(line: bytes) -> Row:
+    """A row from one line (without its newline); :class:`Damaged` if it is not one."""
+    payload, tab, check = line.rpartition(b"\t")
+    if not tab:
+        payload = line  # a line of nbdurable 0.1, written without a checksum
+    elif xxhash.xxh3_64_hexdigest(payload).encode() != check:
+        raise Damaged("its checksum does not match")
+    try:
+        items = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Damaged(f"it is not valid JSON ({exc.__class__.__name__})") from None
+    return _validated(items)
+
+
+def _validated(items: object) -> Row:
+    if not isinstance(items, list) or len(items) != 7:
+        raise Damaged("it is not an event row")
+    run, step, attempt, kind, ts, body, blob = items
+    if not (isinstance(run, str) and run and isinstance(step, (str, type(None)))
+            and (attempt is None or type(attempt) is int) and kind in _KINDS
+            and isinstance(ts, str) and isinstance(body, str)
+            and isinstance(blob, (str, type(None)))):
+        raise Damaged("a field has the wrong type")
+    try:
+        when = datetime.fromisoformat(ts)
+        json.loads(body)
+        body.encode("utf-8")  # lone surrogates would break DuckDB's JSON functions
+        data = base64.b64decode(blob, validate=True) if blob is not None else None
+    except (ValueError, UnicodeEncodeError, binascii.Error):
+        raise Damaged("a field does not decode") from None
+    return [run, step, attempt, kind, when, body, data]
+
+
+@dataclass
+class Contents:
+    """What a journal file holds: its good rows, and its damaged lines (raw bytes)."""
+
+    rows: list[Row] = field(default_factory=list)
+    damaged: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def read(path: Path) -> Contents:
+    """Every row of the journal at ``path``; damaged lines apart; never raises."""
+    found = Contents()
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return found
+    lines = raw.split(b"\n")
+    for line in lines[:-1]:  # the last piece: empty, or a write cut short by a crash
+        if not line:
+            continue
+        try:
+            found.rows.append(decode(line))
+        except Damaged as exc:
+            found.damaged.append((line, str(exc)))
+    return found
+
+
+# -- this process's journal -----------------------------------------------------------------------
 
 class Journal:
     """This process's journal for one log, and the thread that moves it into the log."""
@@ -80,78 +154,120 @@ class Journal:
         self.log = log
         self.dir = Path(f"{log.path}.journal")
         self.pid = os.getpid()
-        self.path = self.dir / f"{HOST}-{self.pid}-{_start_token(self.pid)}.jsonl"
+        self.path = self.dir / f"{HOST}-{self.pid}-{start_time(self.pid) or 0}.jsonl"
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._written = 0  # bytes appended
         self._applied = 0  # bytes whose rows are in the log
+        self._unsent: dict[tuple, Row] = {}  # rows appended but not submitted yet
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._stalled: str | None = None  # why the last insert failed, until one succeeds
+        self._told = False
         atexit.register(self.close)
 
     def append(self, rows: list[Row], *, sync: bool = False) -> int:
         """Add event rows; with ``sync`` they are on disk when this returns. Returns the
-        journal's size after them."""
-        data = b"".join(_encode(r) for r in rows)
+        journal's size after them. A write that fails is undone: :class:`CheckpointError`."""
+        data = b"".join(encode(r) for r in rows)
         with self._lock:
             if self._fd is None or self.pid != os.getpid():
                 self._open()
-            os.write(self._fd, data)
-            if sync:
-                os.fdatasync(self._fd)
+            try:
+                files.write_all(self._fd, data)
+                if sync:
+                    os.fdatasync(self._fd)
+            except OSError as exc:
+                with suppress(OSError):
+                    os.ftruncate(self._fd, self._written)  # no partial line stays behind
+                raise CheckpointError(files.describe(exc, self.path)) from None
             self._written += len(data)
+            self._unsent.update((_identity(r), r) for r in rows)
             return self._written
 
     def submit(self, rows: list[Row], upto: int) -> None:
         """Insert ``rows`` into the log in the background; the journal up to byte ``upto`` is
-        then in the log."""
+        then in the log (batches are applied in the order submitted)."""
+        with self._lock:
+            for row in rows:
+                self._unsent.pop(_identity(row), None)
         self._queue.put((rows, upto))
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="nbdurable-journal",
                                             daemon=True)
             self._thread.start()
 
+    def notice(self) -> str | None:
+        """Once per stall: a line saying that checkpoints wait here, safe, and why."""
+        reason, pending = self._stalled, self._queue.qsize()
+        if reason is None or self._told:
+            return None
+        self._told = True
+        return (f"checkpoints of this kernel are safe in its journal {self.path} but not yet in "
+                f"the log: {reason}. They move in by themselves once it is free"
+                + (f" ({pending} more queued)" if pending else ""))
+
     def rows(self) -> list[Row]:
         """The rows in this journal not yet known to be in the log."""
-        return rows_of(self.path)
+        return read(self.path).rows
 
     def _open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        files.private_dir(self.dir)
         self.pid = os.getpid()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                           0o644)
+        self._fd = files.open_private(self.path, os.O_WRONLY | os.O_APPEND)
         self._written = self._applied = os.fstat(self._fd).st_size
 
     def _run(self) -> None:
+        pending: list[tuple[list[Row], int]] = []
+        retry, stop = 0.0, False
+        while not stop:
+            if not pending:
+                item = self._queue.get()
+                if item is None:
+                    return
+                pending.append(item)
+                time.sleep(_BATCH_WINDOW)  # a burst of cells (Run All) becomes one statement
+            stop = self._take(pending, timeout=retry)
+            if self._insert(pending, again=retry > 0):
+                self._mark_applied(pending[-1][1])
+                pending.clear()
+                retry, self._stalled, self._told = 0.0, None, False
+            else:
+                retry = min(_RETRY_CAP, retry * 2 or _RETRY_FIRST)
+
+    def _take(self, pending: list, timeout: float) -> bool:
+        """Move queued batches into ``pending``, waiting up to ``timeout`` for the first;
+        True when asked to stop."""
+        try:
+            while True:
+                item = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+                timeout = 0
+                if item is None:
+                    return True
+                pending.append(item)
+        except queue.Empty:
+            return False
+
+    def _insert(self, pending: list, *, again: bool) -> bool:
         from .records import combine_rows
 
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            time.sleep(_BATCH_WINDOW)  # a burst of cells (Run All) becomes one statement
-            batch = [item]
-            stop = False
-            while not self._queue.empty():
-                more = self._queue.get_nowait()
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            try:
-                self.log.execute(*combine_rows([r for rows, _ in batch for r in rows]),
-                                 announce=False)
-            except Exception:  # the log is busy or gone: the rows stay in the journal, and
-                pass           # the next process to rebuild its view moves them in
+        rows = [r for batch, _ in pending for r in batch]
+        try:
+            if again:  # an earlier try may have committed before it failed: skip what is there
+                with self.log.transaction(announce=False) as con:
+                    for row in rows:
+                        con.execute(_RECOVER, [*row, *row[:4], row[4]])
             else:
-                self._mark_applied(max(upto for _, upto in batch))
-            if stop:
-                return
+                self.log.execute(*combine_rows(rows), announce=False)
+        except Exception as exc:  # the log is held, full or damaged: the rows stay here
+            self._stalled = _first_line(exc)
+            return False
+        return True
 
     def _mark_applied(self, upto: int) -> None:
         with self._lock:
             self._applied = max(self._applied, upto)
-            if self._fd is not None and self._applied == self._written:
+            if self._fd is not None and self._applied == self._written and not self._unsent:
                 with suppress(OSError):
                     os.ftruncate(self._fd, 0)
                 self._written = self._applied = 0
@@ -173,40 +289,39 @@ class Journal:
             self._fd = None
 
 
-def rows_of(path: Path) -> list[Row]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        with suppress(ValueError, TypeError):
-            rows.append(_decode(line))
-    return rows
+def _identity(row: Row) -> tuple:
+    return tuple(row[:5])  # run, step, attempt, kind, ts
 
 
-def _owner(path: Path) -> tuple[str, int, str] | None:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# -- every journal beside a log -------------------------------------------------------------------
+
+def _owner(path: Path) -> ProcessId | None:
     try:
-        host, pid, token = path.stem.rsplit("-", 2)
-        return host, int(pid), token
+        host, pid, started = path.stem.rsplit("-", 2)
+        return ProcessId(int(pid), host, int(started) or None)
     except ValueError:
         return None
 
 
 def _journals(log_path: Path):
-    """(path, owner, alive) of each journal beside the log; alive is None for another host."""
+    """(path, alive) of each journal beside the log; alive is None for another host."""
     directory = Path(f"{log_path}.journal")
     if not directory.is_dir():
         return
     for path in directory.glob("*.jsonl"):
         owner = _owner(path)
         if owner is not None:
-            alive = _alive(owner[1], owner[2]) if owner[0] == HOST else None
-            yield path, owner, alive
+            alive = owner.alive() if owner.host == HOST else None
+            yield path, alive
 
 
 def _dead(log_path: Path) -> list[Path]:
-    return [path for path, _, alive in _journals(log_path) if alive is False]
+    return [path for path, alive in _journals(log_path) if alive is False]
 
 
 def has_dead(log_path: Path) -> bool:
@@ -219,14 +334,16 @@ def has_dead(log_path: Path) -> bool:
 
 
 def recover(con, log_path: Path) -> bool:
-    """Move the events of dead processes' journals into the log (hold the lease).
-    True if anything was written."""
+    """Move the events of dead processes' journals into the log (hold the lease); set their
+    damaged lines aside. True if anything was written."""
     wrote = False
     for path in _dead(log_path):
-        for row in rows_of(path):
-            run, step, attempt, kind = row[:4]
-            con.execute(_RECOVER, [*row, run, step, attempt, kind])
+        contents = read(path)
+        for row in contents.rows:
+            con.execute(_RECOVER, [*row, *row[:4], row[4]])
             wrote = True
+        if contents.damaged:
+            quarantine(path, contents.damaged)
         with suppress(OSError):
             path.unlink()
     return wrote
@@ -235,7 +352,35 @@ def recover(con, log_path: Path) -> bool:
 def live_rows(log_path: Path, run: str | None = None) -> list[Row]:
     """Events in the journals of live processes (this one included), for ``run``."""
     found = []
-    for path, _owner_, alive in _journals(log_path):
+    for path, alive in _journals(log_path):
         if alive is not False:
-            found += [r for r in rows_of(path) if run is None or r[0] == run]
+            contents = read(path)
+            if contents.damaged:
+                _warn_damaged(path, len(contents.damaged), None)
+            found += [r for r in contents.rows if run is None or r[0] == run]
     return found
+
+
+_warned: set[tuple[str, int]] = set()
+
+
+def quarantine(path: Path, damaged: list[tuple[bytes, str]]) -> Path:
+    """Keep the damaged lines of journal ``path`` in the quarantine folder; warn once."""
+    folder = path.parent / "quarantine"
+    files.private_dir(folder)
+    target = folder / f"{path.stem}-{int(time.time())}.bad"
+    lines = b"".join(f"# {why}\n".encode() + line + b"\n" for line, why in damaged)
+    with suppress(OSError):
+        files.write_private(target, lines)
+    _warn_damaged(path, len(damaged), target)
+    return target
+
+
+def _warn_damaged(path: Path, count: int, target: Path | None) -> None:
+    if (str(path), count) in _warned:
+        return
+    _warned.add((str(path), count))
+    where = f"set aside in {target}" if target else "skipped"
+    warnings.warn(f"{count} damaged line(s) in the journal {path} were {where}, never copied "
+                  "into the log; the attempts they recorded will execute again",
+                  JournalDamageWarning, stacklevel=3)

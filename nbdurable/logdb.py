@@ -68,7 +68,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from . import schema
+from . import files, interrupts, schema
 from .blobs import BlobStore
 from .errors import (
     LogBusyError,
@@ -175,6 +175,13 @@ class LogDB:
                 if _interrupted(e):
                     raise
                 raise LogError(f"the log {self.path} refused a write: {_first_line(e)}") from e
+
+    def trusted_macs(self, digest: str) -> list[str]:
+        """The signatures ``nbdurable trust`` recorded for the value named ``digest``."""
+        rows = self.execute("SELECT body ->> 'mac' FROM events WHERE kind = ? AND "
+                            "body ->> 'hash' = ?", [schema.VALUE_TRUSTED, digest],
+                            announce=False)
+        return [mac for (mac,) in rows if mac]
 
     def announce_write(self) -> None:
         """Tell other processes that their view of the log is stale, for changes kept beside
@@ -320,10 +327,22 @@ def open_log(path: str | os.PathLike[str]) -> LogDB:
     with _REGISTRY_LOCK:
         db = _REGISTRY.get(key)
         if db is None or db.closed:
-            db = _REGISTRY[key] = LogDB(key[1])
+            db = _REGISTRY[key] = LogDB(key[1], lock_timeout=_lock_timeout())
         if isinstance(path, Path) and path.is_absolute():
             _BY_ARGUMENT[fast] = db
         return db
+
+
+def _lock_timeout() -> float:
+    """``NBDURABLE_LOCK_TIMEOUT`` (seconds), default 30."""
+    raw = os.environ.get("NBDURABLE_LOCK_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else 30.0
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"NBDURABLE_LOCK_TIMEOUT must be a number of seconds >= 0, got {raw!r}")
+    return value
 
 
 class _Lease:
@@ -362,11 +381,16 @@ class _Lease:
         if not self.attached:
             self.acquire()
         try:
-            self.conn.execute("BEGIN TRANSACTION")
+            with interrupts.deferred():  # in a DuckDB transaction <=> depth 1
+                self.conn.execute("BEGIN TRANSACTION")
+                self.depth = 1
         except duckdb.Error as e:
             self.reset()
             raise LogError(f"cannot start a transaction on the log {self.path}: {_first_line(e)}") from e
-        self.depth = 1
+        except BaseException:  # an interrupt held back until BEGIN was noted: undo it
+            if self.depth:
+                self.rollback()
+            raise
 
     def commit(self) -> None:
         self.depth = 0
@@ -425,18 +449,20 @@ class _Lease:
         if self.attached and self.deferred:
             self.flush_deferred()
         was_attached = self.attached
-        if self.attached:
-            try:
-                self.detach()
-            except duckdb.Error:
-                self.reset()
-        if was_attached and self.flocked:
-            # Detached (the file is final) but still locked (nobody else can write yet).
-            generation = self.read_generation()
-            for callback in list(self.release_callbacks):
-                with suppress(Exception):  # derived state only: never block the release
-                    callback(generation)
-        self.unlock()
+        try:
+            if self.attached:
+                try:
+                    self.detach()
+                except duckdb.Error:
+                    self.reset()
+            if was_attached and self.flocked:
+                # Detached (the file is final) but still locked (nobody else can write yet).
+                generation = self.read_generation()
+                for callback in list(self.release_callbacks):
+                    with suppress(Exception):  # derived state only: never block the release
+                        callback(generation)
+        finally:
+            self.unlock()
 
     def reset(self) -> None:
         """After an unexpected DuckDB failure: drop the connection (a new one is made later)."""
@@ -451,9 +477,9 @@ class _Lease:
         if self.lock_fd is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            self.wait_fd = os.open(f"{self.path}.wait", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            files.private_dir(self.path.parent)
+            self.lock_fd = files.open_private(f"{self.path}.lock", os.O_RDWR)
+            self.wait_fd = files.open_private(f"{self.path}.wait", os.O_RDWR)
         except OSError as e:
             self.close_fds()
             raise LogError(
@@ -580,8 +606,11 @@ class _Lease:
         backoff = _Backoff()
         while True:
             try:
-                self.conn.execute(sql)
-                break
+                with interrupts.deferred():  # attached in DuckDB <=> self.attached
+                    self.conn.execute(sql)
+                    self.attached = True
+                    self.conn.execute(f"USE {ALIAS}")
+                return
             except duckdb.Error as e:
                 foreign = _FOREIGN_LOCK.search(str(e))
                 if foreign is None and "Could not set lock" not in str(e):
@@ -589,13 +618,12 @@ class _Lease:
                 if time.monotonic() >= deadline:
                     raise LogBusyError(_foreign_message(self.path, self.lock_timeout, foreign)) from e
                 backoff.sleep(deadline)
-        self.attached = True
-        self.conn.execute(f"USE {ALIAS}")
 
     def detach(self) -> None:
-        self.attached = False
-        self.conn.execute("USE memory")
-        self.conn.execute(f"DETACH {ALIAS}")
+        with interrupts.deferred():
+            self.attached = False
+            self.conn.execute("USE memory")
+            self.conn.execute(f"DETACH {ALIAS}")
 
     def prepare(self, deadline: float) -> None:
         """Create the log if it is missing, then validate it (read-only). Holds the flock."""
@@ -632,6 +660,7 @@ class _Lease:
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             self.build(tmp)
+            os.chmod(tmp, files.file_mode())  # DuckDB creates it with the umask's mode
             _fsync_file(tmp)
             _publish(tmp, self.path)
         except duckdb.Error as e:

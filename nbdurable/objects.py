@@ -7,13 +7,14 @@ identical value is stored once however many steps produce it.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
 import xxhash
 
-from . import serializer
-from .errors import LogCorruptError
+from . import serializer, signing
+from .errors import LogCorruptError, SignatureError
 
 #: Encoded values up to this size are kept in the row's BLOB column.
 INLINE_LIMIT = 64 * 1024
@@ -21,47 +22,90 @@ INLINE_LIMIT = 64 * 1024
 
 @dataclass(frozen=True)
 class StoredRef:
-    """How a row refers to its bytes: ``data`` inline, or ``None`` with a blob named ``hash``."""
+    """How a row refers to its bytes: ``data`` inline, or ``None`` with a blob named ``hash``;
+    ``mac``: their HMAC-SHA256 under the user's secret (:mod:`nbdurable.signing`)."""
 
     hash: str
     size: int
     data: bytes | None
+    mac: str | None = None
 
 
 def store_packed(blobs, packed: serializer.Packed) -> StoredRef:
-    """Make ``packed`` durable: inline bytes, or a synced blob file for big values."""
+    """Make ``packed`` durable and signed: inline bytes, or a synced blob file for big values
+    (signed while it is written)."""
     if packed.size <= INLINE_LIMIT:
-        return StoredRef(packed.digest, packed.size, packed.to_bytes())
-    blobs.put(packed.digest, packed.chunks)
-    return StoredRef(packed.digest, packed.size, None)
+        data = packed.to_bytes()
+        return StoredRef(packed.digest, packed.size, data, signing.sign([data]))
+    return StoredRef(packed.digest, packed.size, None, _put(blobs, packed.digest, packed.chunks))
 
 
 def store_bytes(blobs, data: bytes) -> StoredRef:
     """Like :func:`store_packed` for bytes that are already encoded (outputs JSON)."""
     digest = xxhash.xxh3_128_hexdigest(data)
     if len(data) <= INLINE_LIMIT:
-        return StoredRef(digest, len(data), data)
-    blobs.put(digest, [data])
-    return StoredRef(digest, len(data), None)
+        return StoredRef(digest, len(data), data, signing.sign([data]))
+    return StoredRef(digest, len(data), None, _put(blobs, digest, [data]))
 
 
-def load_value(blobs, hash_: str, data: bytes | None, namespace: dict | None = None) -> Any:
-    """Decode a value stored by :func:`store_packed`."""
+def _put(blobs, digest: str, chunks) -> str:
+    signer = signing.Signer()
+    if not blobs.put(digest, chunks, signer=signer):  # stored already: sign what we have
+        for chunk in chunks:
+            signer.add(chunk)
+    return signer.hexdigest()
+
+
+def load_value(log, ref: StoredRef, namespace: dict | None = None) -> Any:
+    """Decode a value stored by :func:`store_packed` in ``log``, once its signature checks:
+    :class:`~nbdurable.errors.SignatureError` if it does not (nothing is unpickled)."""
     with serializer.loading_into(namespace):
-        if data is not None:
-            return serializer.unpack_bytes(data)
-        with blobs.open(hash_) as f:
+        if ref.data is not None:
+            _check(log, ref, signing.sign([ref.data]))
+            return serializer.unpack_bytes(ref.data)
+        with log.blobs.open(ref.hash) as f:
+            signer = signing.Signer()
             try:
-                return serializer.unpack_file(f)
+                parts = serializer.read_parts(f, signer.add)
             except ValueError as exc:
-                raise LogCorruptError(
-                    f"blob {hash_} is damaged ({exc}); run the step again with --force"
-                ) from None
+                signer.hexdigest()
+                raise LogCorruptError(f"blob {ref.hash} is damaged ({exc}); it was not loaded"
+                                      ) from None
+            _check(log, ref, signer.hexdigest())
+            return serializer.load_parts(parts)
 
 
-def load_bytes(blobs, hash_: str, data: bytes | None) -> bytes:
-    """Read bytes stored by :func:`store_bytes`."""
-    if data is not None:
-        return bytes(data)
-    with blobs.open(hash_) as f:
+def load_bytes(log, ref: StoredRef) -> bytes:
+    """Read bytes stored by :func:`store_bytes` in ``log``, once their signature checks."""
+    data = raw_bytes(log.blobs, ref)
+    _check(log, ref, signing.sign([data]))
+    return data
+
+
+def raw_bytes(blobs, ref: StoredRef) -> bytes:
+    """A stored value's bytes, unchecked (to sign them, never to load them)."""
+    if ref.data is not None:
+        return bytes(ref.data)
+    with blobs.open(ref.hash) as f:
         return f.read()
+
+
+def _check(log, ref: StoredRef, computed: str) -> None:
+    """Accept the bytes whose HMAC is ``computed`` if the ref's signature, or one that
+    ``nbdurable trust`` recorded for them, is that HMAC."""
+    if _same(ref.mac, computed):
+        return
+    trusted = getattr(log, "trusted_macs", None)
+    if trusted is not None and any(_same(mac, computed) for mac in trusted(ref.hash)):
+        return
+    if ref.mac is None:
+        raise SignatureError(f"stored value {ref.hash[:16]} carries no signature (a log from "
+                             "nbdurable 0.1, or rows added by hand); it was not loaded. Review "
+                             "the log, then `nbdurable trust LOG`")
+    raise SignatureError(f"stored value {ref.hash[:16]} does not match its signature: changed "
+                         "or damaged since it was written, or signed with another secret; it "
+                         "was not loaded")
+
+
+def _same(mac: str | None, computed: str) -> bool:
+    return isinstance(mac, str) and hmac.compare_digest(mac, computed)

@@ -5,8 +5,8 @@ Writers build a :data:`Statement` (one INSERT into ``events``) that the caller r
 ``log.lease()`` or ``log.transaction()``.
 
 Inline payloads: an event's ``data`` column is the concatenation of its small payloads; its JSON
-``body`` says, for each, ``[hash, size, offset]`` (offset ``null``: the payload is in the blob
-file named ``hash``).
+``body`` says, for each, ``[hash, size, offset, mac]`` (offset ``null``: the payload is in the blob
+file named ``hash``), and ``mac``, the HMAC of those bytes (:mod:`nbdurable.signing`).
 """
 
 from __future__ import annotations
@@ -45,21 +45,24 @@ class _Payloads:
         if ref is None:
             return None
         if ref.data is None:
-            return [ref.hash, ref.size, None]
+            return [ref.hash, ref.size, None, ref.mac]
         self.parts.append(ref.data)
         offset, self.size = self.size, self.size + len(ref.data)
-        return [ref.hash, ref.size, offset]
+        return [ref.hash, ref.size, offset, ref.mac]
 
     def data(self) -> bytes | None:
         return b"".join(self.parts) if self.parts else None
 
 
-def _ref(spec: list | None, data: bytes | None) -> StoredRef | None:
+def stored_ref(spec: list | None, data: bytes | None) -> StoredRef | None:
+    """A payload reference of a body (``[hash, size, offset, mac]``) with its inline bytes."""
     if spec is None:
         return None
-    hash_, size, offset = spec
-    inline = None if offset is None else bytes(data[offset: offset + size])
-    return StoredRef(hash_, size, inline)
+    hash_, size, offset = spec[:3]
+    mac = spec[3] if len(spec) > 3 else None  # none in logs of nbdurable 0.1
+    # a row whose data was cut or lost gives short bytes, which then fail their signature
+    inline = None if offset is None else bytes((data or b"")[offset: offset + size])
+    return StoredRef(hash_, size, inline, mac)
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -145,6 +148,12 @@ def run_resets(con, run: str) -> dict[str, int]:
                             " GROUP BY step", [run, schema.STEP_RESET]).fetchall())
 
 
+def value_trusted(run: str, digest: str, mac: str) -> Statement:
+    """``nbdurable trust``: the HMAC of a stored value's bytes under this user's secret."""
+    return _INSERT, [run, None, None, schema.VALUE_TRUSTED, now(),
+                     _dumps({"hash": digest, "mac": mac, "pid": os.getpid()}), None]
+
+
 def step_reset(run: str, step: str, attempt: int) -> list:
     """An event row voiding the checkpoints of ``step`` up to ``attempt``."""
     return [run, step, attempt, schema.STEP_RESET, now(), _dumps({"pid": os.getpid()}), None]
@@ -172,9 +181,9 @@ def _finish(attempt: Attempt, at: datetime, body: dict, data: bytes | None) -> N
     attempt.status, attempt.finished_at = body["status"], at
     attempt.duration_s, attempt.unstorable = body["duration_s"], body["unstorable"]
     if attempt.status == "completed":
-        attempt.variables = [Variable(name, kind, _ref(ref, data), detail)
+        attempt.variables = [Variable(name, kind, stored_ref(ref, data), detail)
                              for name, kind, detail, ref in body["variables"]]
-        attempt.outputs = _ref(body["outputs"], data)
+        attempt.outputs = stored_ref(body["outputs"], data)
 
 
 def replayed(run: str, step: str, attempt: int) -> Statement:
@@ -194,7 +203,7 @@ def calls_of(con, run: str, step: str, since: int = 1) -> dict[str, tuple[str, S
     calls = {}
     for body, data in rows:
         body = json.loads(body)
-        calls[body["key"]] = (body["fingerprint"], _ref(body["result"], data))
+        calls[body["key"]] = (body["fingerprint"], stored_ref(body["result"], data))
     return calls
 
 
@@ -230,7 +239,7 @@ def once_state(con, run: str, key: str) -> OnceState | None:
     kind, at, body, data = row
     body = json.loads(body)
     status = "running" if kind == schema.ONCE_STARTED else body["status"]
-    return OnceState(status, _ref(body.get("result"), data), at, body.get("pid"),
+    return OnceState(status, stored_ref(body.get("result"), data), at, body.get("pid"),
                      body.get("host"))
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import xxhash
 
-from . import journal, records
+from . import files, journal, records, signing
 
 _FORMAT = 2
 
@@ -139,23 +139,26 @@ class RunIndex:
         if not self._dirty and file_state == self._saved_file:
             return  # the snapshot on disk is still exact
         path = self._snapshot_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {"format": _FORMAT, "run": self.run, "generation": generation,
                  "file": file_state, "last": self._last, "completed": self._completed,
                  "reset": self._reset, "since": self._since}
+        data = pickle.dumps(state, protocol=5)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(pickle.dumps(state, protocol=5))
-        os.replace(tmp, path)
+        try:
+            files.private_dir(path.parent)
+            files.write_private(tmp, signing.sign([data]).encode() + b"\n" + data)
+            os.replace(tmp, path)
+        except OSError:  # only a cache: the next reader rebuilds it from the log
+            with suppress(OSError):
+                tmp.unlink()
+            return
         self._dirty, self._saved_file = False, file_state
 
     def _load_snapshot(self, generation: int) -> bool:
         if journal.has_dead(self.log.path):
             return False  # their attempts must be moved into the log first
-        try:
-            state = pickle.loads(self._snapshot_path().read_bytes())
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
-            return False
-        if (state.get("format") != _FORMAT or state.get("run") != self.run
+        state = _read_snapshot(self._snapshot_path())
+        if (state is None or state.get("format") != _FORMAT or state.get("run") != self.run
                 or state.get("generation") != generation
                 # changed by anything else than nbdurable (it would have bumped the generation)
                 or state.get("file") != _file_state(self.log.path)
@@ -169,6 +172,27 @@ class RunIndex:
                 self._note(attempt)
             self.generation = generation
         return True
+
+
+def _read_snapshot(path: Path) -> dict | None:
+    """A snapshot's state if its signature checks and it unpickles to the expected shape;
+    None on any doubt (it is only a cache). Nothing unsigned is ever unpickled."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    mac, newline, data = raw.partition(b"\n")
+    if not newline or not signing.verify(mac.decode("ascii", "replace"), [data]):
+        return None
+    try:
+        state = pickle.loads(data)
+        typed = all(isinstance(state.get(k), dict) for k in ("last", "completed", "reset",
+                                                             "since"))
+        ok = typed and all(isinstance(a, records.Attempt) for k in ("last", "completed")
+                           for a in state[k].values())
+    except Exception:  # a signed snapshot of another version: rebuild
+        return None
+    return state if ok else None
 
 
 def _file_state(path: Path) -> tuple | None:

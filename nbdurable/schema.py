@@ -32,6 +32,7 @@ RUN_STARTED = "run_started"  # a batch invocation of the run began (nbdurable ru
 KERNEL_DIED = "kernel_died"
 RUN_FINISHED = "run_finished"
 STEP_RESET = "step_reset"  # nbdurable reset: the step's checkpoints up to `attempt` are void
+VALUE_TRUSTED = "value_trusted"  # nbdurable trust: a stored value's HMAC under this user's key
 
 #: The ``attempts`` view's query, over any relation with the columns of ``events``.
 ATTEMPTS_SELECT = """

@@ -26,7 +26,7 @@ import sys
 import threading
 import types
 from collections import ChainMap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -271,24 +271,66 @@ def unpack_bytes(data: bytes | memoryview) -> Any:
     return pickle.loads(stream, buffers=buffers)
 
 
-def unpack_file(f: BinaryIO) -> Any:
-    """Decode a value from a blob file: each buffer is read straight into writable memory."""
-    n, stream_len = _parse_header(_read_exact(f, _HEADER.size))
-    lens = _parse_lens(_read_exact(f, n * _LEN.size), n)
+@dataclass
+class Parts:
+    """An encoded value read from a file, not decoded yet."""
+
+    stream: bytes
+    buffers: list[bytearray]
+
+
+_SLICE = 8 << 20  # read big buffers in pieces, so that a signer hashes while we read on
+
+
+def read_parts(f: BinaryIO, on_piece: Callable[[Any], None] = lambda piece: None) -> Parts:
+    """Read an encoded value from a blob file, each buffer straight into writable memory,
+    handing every piece read, in file order, to ``on_piece`` (a signer). Nothing is decoded:
+    check the pieces first, then :func:`load_parts`. A file whose lengths do not add up to its
+    size raises ValueError before any large allocation."""
+    start = f.tell()
+    size = f.seek(0, io.SEEK_END) - start
+    f.seek(start)
+    head = _read_exact(f, _HEADER.size)
+    n, stream_len = _parse_header(head)
+    if _HEADER.size + n * _LEN.size > size:
+        raise ValueError("it is truncated")
+    raw_lens = _read_exact(f, n * _LEN.size)
+    lens = _parse_lens(raw_lens, n)
+    expected = _HEADER.size + len(raw_lens) + stream_len + sum(lens)
+    if expected != size:
+        raise ValueError("it is truncated" if expected > size else "it has bytes past its end")
     stream = _read_exact(f, stream_len)
-    buffers = []
-    for length in lens:
-        buf = bytearray(length)
-        if f.readinto(buf) != length:
-            raise ValueError("blob file is truncated")
-        buffers.append(buf)
-    return pickle.loads(stream, buffers=buffers)
+    for piece in (head, raw_lens, stream):
+        on_piece(piece)
+    buffers = [_read_buffer(f, length, on_piece) for length in lens]
+    return Parts(stream, buffers)
+
+
+def _read_buffer(f: BinaryIO, length: int, on_piece: Callable[[Any], None]) -> bytearray:
+    buf = bytearray(length)
+    view = memoryview(buf)
+    for start in range(0, length, _SLICE):
+        piece = view[start: start + _SLICE]
+        if f.readinto(piece) != len(piece):
+            raise ValueError("it is truncated")
+        on_piece(piece)
+    return buf
+
+
+def load_parts(parts: Parts) -> Any:
+    """Decode what :func:`read_parts` read (unpickles: check it first)."""
+    return pickle.loads(parts.stream, buffers=parts.buffers)
+
+
+def unpack_file(f: BinaryIO) -> Any:
+    """Decode a value from a blob file (unchecked: prefer read_parts + a signature check)."""
+    return load_parts(read_parts(f))
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     data = f.read(n)
     if len(data) != n:
-        raise ValueError("blob file is truncated")
+        raise ValueError("it is truncated")
     return data
 
 

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import xxhash
 
 from . import context, objects, records, serializer
-from .errors import OnceInDoubtError, StepError, UnstorableValueWarning, UsageError
+from .errors import (IntegrityWarning, LogCorruptError, OnceInDoubtError, StepError,
+                     UnstorableValueWarning, UsageError)
 from .fingerprint import fingerprint
 from .runstate import process_alive
 from .schema import ONCE_FINISHED, ONCE_RESET, ONCE_STARTED
@@ -62,8 +63,9 @@ class _StepFunction:
         call = _Call.begin(self._fn, args, kwargs)
         if call is None:
             return self._fn(*args, **kwargs)
-        if call.has_recorded:
-            return call.recorded()
+        found = call.recorded()
+        if found is not _NOT_RECORDED:
+            return found
         return call.finish(self._fn(*args, **kwargs))
 
 
@@ -72,9 +74,13 @@ class _AsyncStepFunction(_StepFunction):
         call = _Call.begin(self._fn, args, kwargs)
         if call is None:
             return await self._fn(*args, **kwargs)
-        if call.has_recorded:
-            return call.recorded()
+        found = call.recorded()
+        if found is not _NOT_RECORDED:
+            return found
         return call.finish(await self._fn(*args, **kwargs))
+
+
+_NOT_RECORDED = object()
 
 
 class _Call:
@@ -97,13 +103,18 @@ class _Call:
                 call._recorded = found[1]
         return call
 
-    @property
-    def has_recorded(self) -> bool:
-        return self._recorded is not None
-
     def recorded(self) -> Any:
+        """The recorded result, or ``_NOT_RECORDED`` (none, or it cannot be trusted: the call
+        runs again, with a warning saying why)."""
         ref = self._recorded
-        return objects.load_value(self.ctx.log.blobs, ref.hash, ref.data, self.ctx.namespace)
+        if ref is None:
+            return _NOT_RECORDED
+        try:
+            return objects.load_value(self.ctx.log, ref, self.ctx.namespace)
+        except LogCorruptError as exc:
+            warnings.warn(f"step call {self.key}: {exc}; the call runs again", IntegrityWarning,
+                          stacklevel=4)
+            return _NOT_RECORDED
 
     def finish(self, result: Any) -> Any:
         try:
@@ -157,7 +168,7 @@ def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
     with log.transaction(announce=False) as con:
         state = records.once_state(con, run, key)
         if state is not None and state.status == "completed":
-            return _once_result(log, state)
+            return _once_result(log, key, state)
         if state is not None and state.status == "running":
             raise _in_doubt(key, state)
         con.execute(*records.once_event(ONCE_STARTED, run, key, step=ctx and ctx.step))
@@ -183,10 +194,16 @@ def _record_once(log, run: str, key: str, result: Any) -> None:
                 announce=False)
 
 
-def _once_result(log, state: records.OnceState) -> Any:
+def _once_result(log, key: str, state: records.OnceState) -> Any:
     if state.result is None:
         return None
-    return objects.load_value(log.blobs, state.result.hash, state.result.data, _main_namespace())
+    try:
+        return objects.load_value(log, state.result, _main_namespace())
+    except LogCorruptError as exc:
+        raise OnceInDoubtError(
+            f"once({key!r}) happened, but its recorded result cannot be trusted ({exc}); it was"
+            f" not run again. Call nbdurable.once_resolve({key!r}, result) with the right "
+            f"result, or nbdurable.once_reset({key!r}) to run it again") from None
 
 
 def _in_doubt(key: str, state: records.OnceState) -> StepError:
@@ -197,9 +214,6 @@ def _in_doubt(key: str, state: records.OnceState) -> StepError:
         f"once({key!r}) started at {state.at:%Y-%m-%d %H:%M:%S} UTC but its process died "
         f"before recording the outcome, so it may or may not have happened; check, then call "
         f"nbdurable.once_resolve({key!r}, result) or nbdurable.once_reset({key!r})")
-
-
-    return True
 
 
 def once_reset(key: str, *, run: str | None = None, log=None) -> bool:

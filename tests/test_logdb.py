@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import queue
 import re
+import random
 import signal
 import subprocess
 import sys
@@ -751,3 +752,53 @@ def test_an_interrupt_during_a_query_is_a_keyboard_interrupt(tmp_path):
         proc.kill()  # never leave a query of minutes running
         proc.wait()
     assert out.splitlines() == ["KeyboardInterrupt", "[(0,)]"]
+
+
+def test_interrupts_at_any_moment_never_leave_the_log_attached_behind_our_back(log):
+    """Kernel -> Interrupt can land anywhere, also between DuckDB attaching the file and the
+    lease noting it; the log must stay usable after every one of them."""
+    db = LogDB(log, linger=0)  # attach and detach at every transaction: the risky moments
+    with db.transaction() as conn:
+        insert(conn, "r", "first")
+    stop = threading.Event()
+
+    def interrupter():
+        while not stop.is_set():
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(random.uniform(0, 0.04))
+
+    armed = [False]
+
+    def handler(signum, frame):  # raises at most once per transaction, inside the `try`
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    thread = threading.Thread(target=interrupter)
+    interrupted = done = 0
+    deadline = time.monotonic() + 3
+    try:
+        thread.start()
+        while time.monotonic() < deadline:
+            try:
+                armed[0] = True
+                with db.transaction() as conn:
+                    insert(conn, "r", done)
+                armed[0] = False
+                done += 1
+            except KeyboardInterrupt:
+                interrupted += 1
+    finally:
+        armed[0] = False
+        stop.set()
+        thread.join()
+        signal.signal(signal.SIGINT, previous)
+    with db.transaction() as conn:  # still usable
+        insert(conn, "r", "last")
+    db.close()
+    assert interrupted > 10 and done > 10
+    steps = [r[1] for r in rows(log, "r")]
+    # each transaction reported done is there; one interrupted may have committed just before
+    assert {"first", "last", *map(str, range(done))} <= set(steps)
+    assert len(steps) <= done + interrupted + 2

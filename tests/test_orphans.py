@@ -10,8 +10,10 @@ resume, which says so."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -69,6 +71,16 @@ def executing(pid: int) -> bool:
 def status(work: Path) -> str:
     runs = nbdurable_lib.runs(log=work / ".nbdurable" / "log.duckdb")
     return runs.set_index("run").loc["k", "status"]
+
+
+@pytest.fixture(autouse=True)
+def no_orphan_outlives_its_test(tmp_path):
+    """If a test fails, the kernel it left running is ended with it (its process group)."""
+    yield
+    pid_file = tmp_path / "kernel.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(os.getpgid(int(pid_file.read_text())), signal.SIGKILL)
 
 
 def kill_driver_while_the_cell_runs(work: Path, kind: str, kernel: str, env: dict) -> int:

@@ -49,16 +49,16 @@ import inspect
 import itertools
 import json
 import logging
-import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import zmq
+
+from .. import interrupts
 
 __all__ = ["CommRegistry", "ShellPump", "dispatching", "unwatch_comms", "watch_comms"]
 
@@ -147,28 +147,7 @@ def _peek_comm_msg(session: Any, frames: list) -> tuple[str, Any, str] | None:
 # --------------------------------------------------------------------------------------------
 # SIGINT
 # --------------------------------------------------------------------------------------------
-@contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (Kernel → Interrupt) back while messages are moved between queues, then
-    deliver it through the handler that was installed: no message is dropped half-way."""
-    try:
-        previous = signal.getsignal(signal.SIGINT)
-    except ValueError:  # not the main thread
-        previous = None
-    if previous is None:
-        yield
-        return
-    hit: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if hit:
-            if callable(previous):
-                previous(signal.SIGINT, None)
-            elif previous == signal.SIG_DFL:
-                raise KeyboardInterrupt
+_sigint_deferred = interrupts.deferred
 
 
 # --------------------------------------------------------------------------------------------

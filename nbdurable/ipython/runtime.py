@@ -15,7 +15,7 @@ from typing import Any
 
 from ..analysis import analyse
 from ..engine import CellSpec, Decision, Engine, Execution
-from ..errors import NbdurableError, UsageError
+from ..errors import CheckpointError, NbdurableError, UsageError
 from . import capture
 from .transform import MARKER, RUNTIME, Requests, raise_for
 
@@ -154,9 +154,11 @@ class KernelRuntime:
             error = errors[-1] if errors else _exception_info()
         try:
             self.engine.finish(execution, ok=self._done, outputs=outputs, error=error)
+        except CheckpointError as exc:
+            print(f"nbdurable: step {execution.decision.spec.name!r}: {exc}", file=sys.stderr)
         except NbdurableError as exc:
-            print(f"nbdurable: step {execution.decision.spec.name!r} was not checkpointed: "
-                  f"{exc} (it will execute again next time)", file=sys.stderr)
+            print(f"nbdurable: step {execution.decision.spec.name!r}: not checkpointed, it will "
+                  f"execute again: {exc}", file=sys.stderr)
 
     def _plain_cell_names(self, raw_cell: str) -> set[str] | None:
         """Names a plain cell may have changed; None when it cannot be told."""

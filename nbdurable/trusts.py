@@ -1,0 +1,81 @@
+"""``trust``: sign a log's stored values with this user's secret, after a person reviewed it.
+
+A value whose signature does not check is never loaded (:mod:`nbdurable.signing`): a log
+written with another secret (a colleague's, a CI run's), or by nbdurable 0.1 which signed
+nothing, replays nothing. Like ``jupyter trust`` for notebooks, ``nbdurable trust LOG`` says "I
+have looked at this log and accept what it holds": each stored value of the log (or of one run)
+whose signature does not check gets a ``value_trusted`` event with the HMAC of its bytes under
+this user's secret; loading then accepts either. The log stays append-only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from . import objects, records, schema, settings, signing
+from .errors import LogCorruptError
+from .reports import require_run, resolve_log
+
+_KINDS = (schema.ATTEMPT_FINISHED, schema.CALL_COMPLETED, schema.ONCE_FINISHED)
+
+
+@dataclass
+class TrustResult:
+    """What :func:`trust` did: values newly signed, already valid, and unreadable (missing or
+    damaged blob files, which nothing can vouch for)."""
+
+    log: str
+    runs: list[str]
+    signed: int
+    valid: int
+    unreadable: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def message(self) -> str:
+        return (f"trusted {self.signed} value(s) of {len(self.runs)} run(s) in {self.log}; "
+                f"{self.valid} were signed already"
+                + (f"; {self.unreadable} could not be read (their steps execute again)"
+                   if self.unreadable else ""))
+
+
+def trust(log, *, run: str | None = None) -> TrustResult:
+    """Sign every stored value of ``log`` (or of ``run``) with this user's secret."""
+    db = resolve_log(log)
+    with db.lease() as con:
+        if run is not None:
+            run = settings.check_run_id(run)
+            require_run(con, db, run)
+        where = "kind IN (?, ?, ?)" + (" AND run = ?" if run else "")
+        rows = con.execute(f"SELECT run, body, data FROM events WHERE {where} ORDER BY rowid",
+                           [*_KINDS, *([run] if run else [])]).fetchall()
+    refs = {}
+    for run_id, body, data in rows:
+        for ref in _refs(json.loads(body), data):
+            refs.setdefault((ref.hash, ref.mac), (run_id, ref))
+    result = TrustResult(str(db.path), sorted({r for r, _ in refs.values()}), 0, 0, 0)
+    trusted = []
+    for run_id, ref in refs.values():
+        try:
+            mac = signing.sign([objects.raw_bytes(db.blobs, ref)])
+        except (LogCorruptError, OSError):
+            result.unreadable += 1
+            continue
+        if mac == ref.mac or mac in db.trusted_macs(ref.hash):
+            result.valid += 1
+        else:
+            trusted.append(records.value_trusted(run_id, ref.hash, mac))
+    if trusted:
+        with db.transaction() as con:
+            for row in trusted:
+                con.execute(*row)
+    result.signed = len(trusted)
+    return result
+
+
+def _refs(body: dict, data: bytes | None) -> list[objects.StoredRef]:
+    specs = [v[3] for v in body.get("variables") or [] if len(v) > 3]
+    specs += [body.get("outputs"), body.get("result")]
+    return [records.stored_ref(spec, data) for spec in specs if spec]
