@@ -43,6 +43,8 @@ _LAZY = {
     "push_event": "nbdurable.events",
     "list_events": "nbdurable.events",
     "trust": "nbdurable.trusts",
+    "sql": "nbdurable.reports",
+    "gc": "nbdurable.cleanup",
     "event_button": "nbdurable.ipython.panel",
 }
 
@@ -90,3 +92,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .settings import configure
     from .steps import once, once_reset, once_resolve, step
     from .trusts import trust
+    from .reports import sql
+    from .cleanup import gc

@@ -30,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
     _reset_parser(sub)
     _event_parser(sub)
     _trust_parser(sub)
+    _sql_parser(sub)
+    _gc_parser(sub)
     _demo_parser(sub)
     return top
 
@@ -125,6 +127,25 @@ def _trust_parser(sub) -> None:
     cmd.set_defaults(handler=_trust)
 
 
+def _sql_parser(sub) -> None:
+    cmd = _command(sub, "sql", "nbdurable.sql", "run a read-only SQL query on the log",
+                   "Run one SELECT on the log (table events; views attempts, runs) under "
+                   "nbdurable's lease, so no one holds the file open meanwhile.")
+    cmd.add_argument("query", metavar="QUERY", help="one SELECT statement, e.g. \"SELECT kind, "
+                     "count(*) FROM events GROUP BY kind\"")
+    cmd.set_defaults(handler=_sql)
+
+
+def _gc_parser(sub) -> None:
+    cmd = _command(sub, "gc", "nbdurable.gc", "remove blobs nothing refers to, dead processes' "
+                   "temporary files, old quarantine files",
+                   "Remove blob files no event refers to (older than an hour), temporary files "
+                   "of processes that died while writing, and quarantined journal lines older "
+                   "than 30 days. The log itself is never touched.")
+    cmd.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    cmd.set_defaults(handler=_gc)
+
+
 def _demo_parser(sub) -> None:
     cmd = _command(sub, "demo", "nbdurable.demo.demo", "run the quickstart, kill its kernel "
                    "midway, resume, report", "Run notebooks/01-quickstart.ipynb headless, "
@@ -216,6 +237,24 @@ def _demo(args) -> int:
     if args.json:
         _print_json(report.to_dict())
     return 0 if report.completed else 1
+
+
+def _sql(args) -> int:
+    from .reports import sql
+
+    _print_frame(sql(args.query, log=_existing_log(args.log)), args.json, "(no rows)")
+    return 0
+
+
+def _gc(args) -> int:
+    from .cleanup import gc
+
+    result = gc(log=_existing_log(args.log), dry_run=args.dry_run)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(result.message())
+    return 0
 
 
 def _trust(args) -> int:

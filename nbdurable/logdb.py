@@ -68,7 +68,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from . import files, interrupts, schema
+from . import files, interrupts, processes, schema
 from .blobs import BlobStore
 from .errors import (
     LogBusyError,
@@ -240,6 +240,8 @@ class LogDB:
         except Exception as exc:
             if _interrupted(exc):  # Kernel -> Interrupt landed in a query: say so plainly
                 raise KeyboardInterrupt from None
+            if isinstance(exc, duckdb.Error):  # no DuckDB error leaves nbdurable raw
+                raise _query_error(self.path, exc) from None
             raise
         finally:
             lease.lock.release()
@@ -532,7 +534,7 @@ class _Lease:
 
     def write_identity(self) -> None:
         """Tell waiters who holds the lease (for their error message only: failures are ignored)."""
-        data = f"{os.getpid()} {_HOST} {_program()}".encode("utf-8", "replace")
+        data = f"{os.getpid()} {_HOST} {processes.program()}".encode("utf-8", "replace")
         data = data[: _GENERATION_AT - 1].ljust(_GENERATION_AT - 1) + b"\n"
         with suppress(OSError):
             os.pwrite(self.lock_fd, data, 0)
@@ -877,7 +879,10 @@ def _try_flock(fd: int, kind: int) -> bool:
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
-    config = {"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    config = {"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+              # a name missing from the log must be an error, never a Python variable of the
+              # caller's frame that happens to have that name (DuckDB's replacement scans)
+              "python_enable_replacements": False}
     return duckdb.connect(":memory:", config=config)
 
 
@@ -956,6 +961,22 @@ def _attach_error(path: Path, e: duckdb.Error) -> NbdurableError:
     return LogError(f"cannot open the log {path}: {_first_line(e)}")
 
 
+def _query_error(path: Path, e: duckdb.Error) -> NbdurableError:
+    """One line, with what to do, for a DuckDB error while using the log."""
+    text, first = str(e), _first_line(e)
+    if "No space left" in text or "disk is full" in text.lower():
+        return LogError(f"the disk holding the log {path} is full ({first}); free some space "
+                        "(checkpoints wait safely in the kernels' journals meanwhile)")
+    if isinstance(e, (duckdb.CatalogException, duckdb.BinderException)):
+        return LogCorruptError(f"the log {path} lacks nbdurable's tables or columns ({first}): "
+                               "it was changed by hand or damaged; restore it from a backup, or "
+                               "move it away to start a new log")
+    if isinstance(e, duckdb.IOException):
+        return LogError(f"the log {path} cannot be read or written ({first}); check the disk "
+                        "and the file's permissions")
+    return LogError(f"the log {path} refused an operation: {first}")
+
+
 def _foreign_message(path: Path, timeout: float, found: re.Match[str] | None) -> str:
     who = f"PID {found['pid']} ({found['exe']})" if found else "another program"
     return (
@@ -1008,12 +1029,6 @@ def _publish(tmp: Path, path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _program() -> str:
-    argv = sys.argv or [""]
-    name = os.path.basename(argv[0]) if argv[0] not in ("", "-c", "-m") else f"python {argv[0]}".strip()
-    return " ".join([name, *argv[1:]]).replace("\n", " ")[:80]
 
 
 _HOST = socket.gethostname().replace(" ", "_") or "localhost"

@@ -148,6 +148,14 @@ def run_resets(con, run: str) -> dict[str, int]:
                             " GROUP BY step", [run, schema.STEP_RESET]).fetchall())
 
 
+def stored_refs(body: dict, data: bytes | None) -> list[StoredRef]:
+    """Every stored value an event's body refers to (variables, outputs, a call's or once's
+    result)."""
+    specs = [v[3] for v in body.get("variables") or [] if isinstance(v, list) and len(v) > 3]
+    specs += [body.get("outputs"), body.get("result")]
+    return [stored_ref(spec, data) for spec in specs if isinstance(spec, list) and spec]
+
+
 def value_trusted(run: str, digest: str, mac: str) -> Statement:
     """``nbdurable trust``: the HMAC of a stored value's bytes under this user's secret."""
     return _INSERT, [run, None, None, schema.VALUE_TRUSTED, now(),

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from . import journal, records, runstate, schema, settings
-from .errors import UnknownRunError
+from .errors import UnknownRunError, UsageError
 from .logdb import open_log
 
 
@@ -27,6 +27,40 @@ def history(run: str | None = None, *, log=None, all_runs: bool = False):
         sql = records.HISTORY_SQL.format(attempts=schema.ATTEMPTS_SELECT.format(events=events),
                                          where=where)
         return con.execute(sql, params).df()
+
+
+def sql(query: str, *, log=None):
+    """Run one read-only SQL statement (a SELECT, EXPLAIN or SUMMARIZE) on the log under the
+    lease, so no one has to hold the file open with the ``duckdb`` CLI meanwhile; a DataFrame.
+    The table is ``events``; the views are ``attempts`` and ``runs``. Events still in running
+    kernels' journals are not in the file yet (``history()`` and ``runs()`` include them)."""
+    import duckdb
+
+    if not isinstance(query, str) or not query.strip():
+        raise UsageError("sql() needs a SELECT statement, e.g. \"SELECT kind, count(*) FROM "
+                         "events GROUP BY kind\"")
+    db = resolve_log(log)
+    with db.lease() as con:
+        try:
+            statements = con.extract_statements(query)
+        except duckdb.Error as exc:
+            raise UsageError(f"the query does not parse: {_first_line(exc)}") from None
+        kinds = duckdb.StatementType
+        if len(statements) != 1 or statements[0].type not in (kinds.SELECT, kinds.EXPLAIN):
+            raise UsageError("give one SELECT (or EXPLAIN, SUMMARIZE) statement: the log is only "
+                             "ever changed by nbdurable")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            return con.execute(query).df()
+        except duckdb.Error as exc:
+            raise UsageError(f"the query failed: {_first_line(exc)}") from None
+        finally:
+            con.execute("ROLLBACK")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def events_relation(con, db, run: str | None) -> str:

@@ -53,7 +53,7 @@ def trust(log, *, run: str | None = None) -> TrustResult:
                            [*_KINDS, *([run] if run else [])]).fetchall()
     refs = {}
     for run_id, body, data in rows:
-        for ref in _refs(json.loads(body), data):
+        for ref in records.stored_refs(json.loads(body), data):
             refs.setdefault((ref.hash, ref.mac), (run_id, ref))
     result = TrustResult(str(db.path), sorted({r for r, _ in refs.values()}), 0, 0, 0)
     trusted = []
@@ -73,9 +73,3 @@ def trust(log, *, run: str | None = None) -> TrustResult:
                 con.execute(*row)
     result.signed = len(trusted)
     return result
-
-
-def _refs(body: dict, data: bytes | None) -> list[objects.StoredRef]:
-    specs = [v[3] for v in body.get("variables") or [] if len(v) > 3]
-    specs += [body.get("outputs"), body.get("result")]
-    return [records.stored_ref(spec, data) for spec in specs if spec]

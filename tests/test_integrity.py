@@ -5,6 +5,7 @@ lines. Real kernels, real DuckDB files, a real second process holding the file w
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -238,3 +239,115 @@ def test_a_damaged_journal_line_is_set_aside_and_never_spreads(tmp_path, damage)
         history = k.execute("import nbdurable\nprint(sorted(set(nbdurable.history()['step'])))")
         assert history.stream() == "['c1', 'c2']\n"
     assert effects(tmp_path) == Counter(c1=1, c2=2)
+
+
+# -- every failure speaks nbdurable ---------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["ALTER TABLE events RENAME COLUMN body TO b",
+                                    "ALTER TABLE events DROP COLUMN data",
+                                    "DROP TABLE events CASCADE"])
+def test_a_damaged_schema_is_one_line_everywhere(tmp_path, damage):
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        k.execute(effect_cell("c1"))
+        k.execute(in_kernel_wait("j._written == 0", "c1 to reach the log"))
+    con = duckdb.connect(str(tmp_path / "log.duckdb"))
+    try:
+        con.execute(damage)
+    finally:
+        con.close()
+    for command in (["runs"], ["log", "test-run"], ["event", "list", "test-run"]):
+        out = subprocess.run([sys.executable, "-m", "nbdurable.cli", *command, "--log",
+                              str(tmp_path / "log.duckdb")], capture_output=True, text=True,
+                             timeout=TIMEOUT)
+        assert out.returncode in (0, 2) and "Traceback" not in out.stderr, out.stderr
+        if out.returncode:  # what the damage touches fails in one line; the rest works
+            assert len(out.stderr.splitlines()) == 1 and "changed by hand" in out.stderr
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        r = k.execute(effect_cell("c1"))
+        assert r.ename == "LogCorruptError" and len(r.traceback) == 1
+        assert "changed by hand or damaged" in r.evalue
+        r = k.execute("import nbdurable\nnbdurable.history()")
+        assert r.status == "ok" or (r.ename == "LogCorruptError" and len(r.traceback) == 1)
+
+
+def test_no_space_at_all_is_one_line(tmp_path, small_disk):
+    env = kernel_env(tmp_path, NBDURABLE_LOG=str(small_disk / "log.duckdb"))
+    with Kernel(tmp_path, env) as k:
+        k.execute(LOAD)
+        assert k.execute(effect_cell("c1")).status == "ok"
+        k.execute(in_kernel_wait("j._written == 0", "c1 to reach the log"))
+        fill(small_disk, leave=0)
+        r = k.execute(effect_cell("c2", "x = list(range(100_000))"))
+        assert r.status == "error" and len(r.traceback) == 1, r.traceback
+        assert "disk is full" in r.evalue or "disk is full" in r.stream("stderr")
+        h = k.execute("import nbdurable\nnbdurable.history()")
+        assert h.status == "ok" or (len(h.traceback) == 1 and h.ename.endswith("Error")), \
+            h.traceback
+        assert "Traceback" not in h.stream("stderr")
+    assert effects(tmp_path)["c1"] == 1
+
+
+# -- querying the log safely, and cleaning up beside it ---------------------------------------------
+
+def cli(work: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nbdurable.cli", *args, "--log",
+                           str(work / "log.duckdb")], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def test_sql_reads_under_the_lease_and_never_writes(tmp_path):
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        k.execute(effect_cell("c1"))
+        k.execute(in_kernel_wait("j._written == 0", "c1 to reach the log"))
+        out = cli(tmp_path, "sql", "SELECT step, status FROM attempts", "--json")
+        assert out.returncode == 0, out.stderr  # while the kernel is alive and idle
+        assert json.loads(out.stdout) == [{"step": "c1", "status": "completed"}]
+        before = len(log_rows(tmp_path / "log.duckdb"))
+        for bad in ("DELETE FROM events", "SELECT 1; DROP TABLE events", "SELECT nope FROM x",
+                    "CREATE TABLE t AS SELECT 1"):
+            out = cli(tmp_path, "sql", bad)
+            assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+        assert len(log_rows(tmp_path / "log.duckdb")) == before
+        r = k.execute("import nbdurable\nprint(nbdurable.sql('SELECT count(*) AS n FROM "
+                      "events')['n'][0] > 0)")
+        assert r.stream() == "True\n"
+
+
+def test_gc_removes_only_what_nothing_needs(tmp_path):
+    cell = ("%%durable a\nimport numpy as np\nopen('effects.log', 'a').write('a\\n')\n"
+            "arr = np.arange(1_000_000)\n")
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        k.execute(cell)
+    blobs = tmp_path / "log.duckdb.blobs"
+    [kept] = [p for p in blobs.rglob("*") if p.is_file()]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    old = time.time() - 40 * 86400
+    orphan = blobs / "ff" / ("f" * 32)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"x" * 1000)
+    temporary = kept.parent / f".tmp-{dead}-abcd"
+    temporary.write_bytes(b"y" * 10)
+    quarantined = tmp_path / "log.duckdb.journal" / "quarantine" / "old.bad"
+    quarantined.parent.mkdir(parents=True, exist_ok=True)
+    quarantined.write_bytes(b"z")
+    for path in (orphan, quarantined, kept):
+        os.utime(path, (old, old))
+    young = blobs / "ee" / ("e" * 32)  # unreferenced but young: maybe about to be referenced
+    young.parent.mkdir(exist_ok=True)
+    young.write_bytes(b"e")
+
+    listed = json.loads(cli(tmp_path, "gc", "--dry-run", "--json").stdout)
+    assert listed["blobs"] == [str(orphan)] and listed["temporary"] == [str(temporary)]
+    assert listed["quarantine"] == [str(quarantined)] and orphan.exists()
+    done = cli(tmp_path, "gc")
+    assert done.returncode == 0 and "removed 1 unreferenced blob(s)" in done.stdout
+    assert not orphan.exists() and not temporary.exists() and not quarantined.exists()
+    assert kept.exists() and young.exists()
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        assert [n["kind"] for n in k.execute(cell).notices()] == ["replayed"]
