@@ -5,6 +5,7 @@ lines. Real kernels, real DuckDB files, a real second process holding the file w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -170,12 +171,19 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-def test_a_full_disk_fails_the_checkpoint_loudly_and_leaves_no_partial_line(tmp_path, small_disk):
-    env = kernel_env(tmp_path, NBDURABLE_LOG=str(small_disk / "log.duckdb"))
-    with Kernel(tmp_path, env) as k:
+@contextlib.contextmanager
+def kernel_with_c1_on(disk: Path, work: Path):
+    """A kernel whose log is on ``disk``, c1 checkpointed and in the log."""
+    env = kernel_env(work, NBDURABLE_LOG=str(disk / "log.duckdb"))
+    with Kernel(work, env) as k:
         k.execute(LOAD)
         assert k.execute(effect_cell("c1")).status == "ok"
         k.execute(in_kernel_wait("j._written == 0", "c1 to reach the log"))
+        yield k, env
+
+
+def test_a_full_disk_fails_the_checkpoint_loudly_and_leaves_no_partial_line(tmp_path, small_disk):
+    with kernel_with_c1_on(small_disk, tmp_path) as (k, env):
         filler = fill(small_disk, leave=4096)
         r = k.execute(effect_cell("c2", "print('x' * 6000)"))
         stderr = r.stream("stderr")
@@ -273,11 +281,7 @@ def test_a_damaged_schema_is_one_line_everywhere(tmp_path, damage):
 
 
 def test_no_space_at_all_is_one_line(tmp_path, small_disk):
-    env = kernel_env(tmp_path, NBDURABLE_LOG=str(small_disk / "log.duckdb"))
-    with Kernel(tmp_path, env) as k:
-        k.execute(LOAD)
-        assert k.execute(effect_cell("c1")).status == "ok"
-        k.execute(in_kernel_wait("j._written == 0", "c1 to reach the log"))
+    with kernel_with_c1_on(small_disk, tmp_path) as (k, _):
         fill(small_disk, leave=0)
         r = k.execute(effect_cell("c2", "x = list(range(100_000))"))
         assert r.status == "error" and len(r.traceback) == 1, r.traceback
