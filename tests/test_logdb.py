@@ -26,7 +26,8 @@ import duckdb
 import pytest
 
 from nbdurable import schema
-from nbdurable.errors import LogBusyError, LogCorruptError, LogVersionError, NotALogError, UsageError
+from nbdurable.errors import (LogBusyError, LogCorruptError, LogError, LogVersionError,
+                              NotALogError, UsageError)
 from nbdurable.logdb import LogDB, open_log
 
 pytestmark = pytest.mark.timeout(120)
@@ -229,7 +230,8 @@ def test_commit_and_rollback(log):
         with db.transaction() as conn:
             insert(conn, "lost", 1)
             raise ZeroDivisionError
-    with pytest.raises(duckdb.Error):  # a failed statement aborts the transaction: rolled back
+    # a failed statement aborts the transaction: rolled back, and said in nbdurable's words
+    with pytest.raises(LogError, match="no_such_table"):
         with db.transaction() as conn:
             insert(conn, "lost", 2)
             conn.execute("SELECT * FROM no_such_table")
