@@ -212,8 +212,7 @@ def holder(log_path: Path, run: str) -> Holder | None:
 
 
 def _driver(path: Path, run: str) -> Holder:
-    with _opened(path) as fd:
-        data = _read_json(fd) if fd is not None else {}
+    data = _driver_content(path)
     return Holder(run, "driver", ProcessId.from_dict(data), data.get("since"))
 
 

@@ -213,21 +213,38 @@ class Engine:
 
         The outcome is durable (journal written and synced, blobs synced) when this returns;
         it reaches the DuckDB log in the background, in one statement with the start. When it
-        cannot be made durable (a full disk): :class:`CheckpointError`, and the attempt stays
-        recorded as started only, so the step executes again.
+        cannot be made durable (a full disk): :class:`CheckpointError`, and the attempt is
+        recorded as failed with that reason if even that small row fits, else as started only:
+        either way the step executes again.
         """
         context.leave(execution.step_context, execution.token)
         log = execution.decision.log
         journal = self._journal(log)
         try:
             result, finished, upto = self._record_outcome(execution, ok, outputs, error)
-        except CheckpointError:
-            journal.submit(execution.rows, journal.append([]))
+        except CheckpointError as exc:
+            journal.submit([*execution.rows, *self._not_checkpointed(execution, exc)],
+                           journal.append([]))
             raise
         faults.crashpoint("after-commit")
         journal.submit([*execution.rows, finished], upto)
         attempt = execution.attempt
         return Finished(attempt.status, attempt.attempt, attempt.duration_s, **result)
+
+    def _not_checkpointed(self, execution: Execution, exc: CheckpointError) -> list:
+        """A failed outcome without outputs or variables, if the journal can still take it."""
+        attempt = execution.attempt
+        attempt.status, attempt.variables, attempt.outputs = "failed", None, None
+        attempt.finished_at = records.now()
+        attempt.duration_s = time.perf_counter() - execution.clock
+        row = records.attempt_finished(attempt, error={"ename": "CheckpointError",
+                                                       "evalue": str(exc)})[1]
+        try:
+            self._journal(execution.decision.log).append([row], sync=True)
+        except CheckpointError:
+            return []
+        self._index(execution.decision.log, attempt.run).note(attempt)
+        return [row]
 
     def _record_outcome(self, execution: Execution, ok: bool, outputs: list[dict],
                         error: dict | None) -> tuple[dict, list, int]:

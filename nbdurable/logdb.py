@@ -101,6 +101,9 @@ ALIAS = "log"
 _BACKOFF_START = 0.0005
 _BACKOFF_GROWTH = 1.5
 _BACKOFF_CAP = 0.010
+_URGENT_CAP = 0.001  # an urgent taker polls at least every millisecond
+#: The longest a holder keeps the lease past others waiting (LogDB.hold).
+HOLD_CAP = 0.1
 _WAITER_POLL = 0.005  # how often a lingering holder looks for waiters
 _YIELD_GRACE = 0.05  # how long a newcomer lets earlier waiters go first
 _YIELD_POLL = 0.001
@@ -247,14 +250,16 @@ class LogDB:
             lease.lock.release()
 
     @contextmanager
-    def transaction(self, *, announce: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(self, *, announce: bool = True,
+                    urgent: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """Hold the lease, BEGIN; COMMIT on success, ROLLBACK on exception.
 
         Yields the connection, whose default database is the log (unqualified table names).
         Re-entrant in the same thread: a nested ``transaction()`` joins the outer one, and only
         the outermost block commits or rolls back. Do not keep the connection after the block.
         ``announce=False``: the block changes nothing that caches of the log depend on (it
-        reads, or writes bookkeeping); see :meth:`execute`.
+        reads, or writes bookkeeping); see :meth:`execute`. ``urgent``: a consumer that others
+        are waiting on (a wait reading its mailbox) does not let earlier waiters go first.
         """
         with self._locked() as lease:
             if lease.depth:
@@ -264,7 +269,7 @@ class LogDB:
                 finally:
                     lease.depth -= 1
                 return
-            lease.begin()
+            lease.begin(urgent=urgent)
             try:
                 yield lease.conn
                 lease.run_deferred()
@@ -274,6 +279,12 @@ class LogDB:
                 lease.rollback()
                 raise
             lease.commit()
+
+    def hold(self, seconds: float) -> None:
+        """Keep the lease for ``seconds`` after this transaction even if others wait, at most
+        ``HOLD_CAP`` after it was taken: a consumer with more work queued (events pending for
+        its waits) does it without paying for the lease again, without starving the others."""
+        self._current().hold(seconds)
 
     def release(self) -> None:
         """Detach the log and give the lease back now, if held (for example before a long wait)."""
@@ -375,13 +386,14 @@ class _Lease:
         self.generation_lock = threading.Lock()
         self.flush_due: float | None = None
         self.release_callbacks: list = []
+        self.acquired_at = self.hold_until = 0.0
         _LIVE.add(self)
 
     # -- transactions ----------------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self, urgent: bool = False) -> None:
         if not self.attached:
-            self.acquire()
+            self.acquire(urgent)
         try:
             with interrupts.deferred():  # in a DuckDB transaction <=> depth 1
                 self.conn.execute("BEGIN TRANSACTION")
@@ -415,19 +427,26 @@ class _Lease:
         self.after_transaction()
 
     def after_transaction(self) -> None:
-        if self.linger <= 0 or self.waiter_present():
+        if not self.holding() and (self.linger <= 0 or self.waiter_present()):
             self.release()
             return
-        self.idle_deadline = time.monotonic() + self.linger
+        self.idle_deadline = max(time.monotonic() + self.linger, self.hold_until)
         self.start_linger_thread()
+
+    def hold(self, seconds: float) -> None:
+        self.hold_until = min(time.monotonic() + seconds, self.acquired_at + HOLD_CAP)
+
+    def holding(self) -> bool:
+        return time.monotonic() < self.hold_until
 
     # -- the lease -------------------------------------------------------------------------
 
-    def acquire(self) -> None:
+    def acquire(self, urgent: bool = False) -> None:
         """Take the flock, create/validate the log if needed, ATTACH it read-write."""
         deadline = time.monotonic() + self.lock_timeout
         self.open_sidecars()
-        self.take_flock(deadline)
+        self.take_flock(deadline, urgent)
+        self.acquired_at, self.hold_until = time.monotonic(), 0.0
         try:
             self.write_identity()
             if self.conn is None:
@@ -489,15 +508,15 @@ class _Lease:
                 "check the directory's permissions or point NBDURABLE_LOG elsewhere"
             ) from e
 
-    def take_flock(self, deadline: float) -> None:
+    def take_flock(self, deadline: float, urgent: bool = False) -> None:
         others_wait = self.waiter_present()
         if not others_wait and _try_flock(self.lock_fd, fcntl.LOCK_EX):
             self.flocked = True
             return
-        if others_wait:
+        if others_wait and not urgent:
             self.yield_to_waiters(deadline)
         waiting = False
-        backoff = _Backoff()
+        backoff = _Backoff(_URGENT_CAP if urgent else _BACKOFF_CAP)
         try:
             while True:
                 if not waiting:
@@ -711,7 +730,8 @@ class _Lease:
                     self.flush_when_due()
                     continue
                 remaining = self.idle_deadline - time.monotonic()
-                if self.depth == 0 and (remaining <= 0 or self.waiter_present()):
+                if self.depth == 0 and (remaining <= 0 or (self.waiter_present()
+                                                           and not self.holding())):
                     try:
                         self.release()
                     except Exception:  # never die holding the lease
@@ -859,15 +879,16 @@ def _leak(obj: object) -> None:
 
 
 class _Backoff:
-    """Jittered exponential sleeps: 0.5 ms growing to 10 ms, never past the deadline."""
+    """Jittered exponential sleeps: 0.5 ms growing to ``cap`` (10 ms), never past the
+    deadline."""
 
-    def __init__(self) -> None:
-        self.delay = _BACKOFF_START
+    def __init__(self, cap: float = 0.010) -> None:
+        self.delay, self.cap = _BACKOFF_START, cap
 
     def sleep(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         time.sleep(max(0.0, min(self.delay * random.uniform(0.5, 1.5), remaining)))
-        self.delay = min(self.delay * _BACKOFF_GROWTH, _BACKOFF_CAP)
+        self.delay = min(self.delay * _BACKOFF_GROWTH, self.cap)
 
 
 def _try_flock(fd: int, kind: int) -> bool:

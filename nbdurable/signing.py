@@ -84,10 +84,15 @@ def _user_secret(path: Path) -> bytes:
     try:
         return _checked(path.read_bytes().strip(), str(path))
     except FileNotFoundError:
-        pass
+        _create_secret(path)
     except OSError as exc:
         raise ConfigError(f"cannot read the signing secret {path} ({exc.strerror}); fix its "
                           f"permissions, or set {SECRET_ENV} / {SECRET_FILE_ENV}") from None
+    return _checked(path.read_bytes().strip(), str(path))
+
+
+def _create_secret(path: Path) -> None:
+    """64 random bytes, 0600, published atomically (another process may publish first)."""
     files.private_dir(path.parent)
     tmp = path.with_name(f".{FILE_NAME}.{os.getpid()}-{secrets.token_hex(4)}")
     try:
@@ -105,7 +110,6 @@ def _user_secret(path: Path) -> bytes:
     finally:
         with suppress(OSError):
             tmp.unlink()
-    return _checked(path.read_bytes().strip(), str(path))
 
 
 # -- signing and checking ---------------------------------------------------------------------------

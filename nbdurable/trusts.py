@@ -44,6 +44,19 @@ class TrustResult:
 def trust(log, *, run: str | None = None) -> TrustResult:
     """Sign every stored value of ``log`` (or of ``run``) with this user's secret."""
     db = resolve_log(log)
+    refs = _stored_values(db, run)
+    result = TrustResult(str(db.path), sorted({r for r, _ in refs.values()}), 0, 0, 0)
+    trusted = [row for run_id, ref in refs.values() if (row := _sign(db, run_id, ref, result))]
+    if trusted:
+        with db.transaction() as con:
+            for row in trusted:
+                con.execute(*row)
+    result.signed = len(trusted)
+    return result
+
+
+def _stored_values(db, run: str | None) -> dict:
+    """(hash, mac) -> (run, ref) of every stored value of the log, or of ``run``."""
     with db.lease() as con:
         if run is not None:
             run = settings.check_run_id(run)
@@ -55,21 +68,17 @@ def trust(log, *, run: str | None = None) -> TrustResult:
     for run_id, body, data in rows:
         for ref in records.stored_refs(json.loads(body), data):
             refs.setdefault((ref.hash, ref.mac), (run_id, ref))
-    result = TrustResult(str(db.path), sorted({r for r, _ in refs.values()}), 0, 0, 0)
-    trusted = []
-    for run_id, ref in refs.values():
-        try:
-            mac = signing.sign([objects.raw_bytes(db.blobs, ref)])
-        except (LogCorruptError, OSError):
-            result.unreadable += 1
-            continue
-        if mac == ref.mac or mac in db.trusted_macs(ref.hash):
-            result.valid += 1
-        else:
-            trusted.append(records.value_trusted(run_id, ref.hash, mac))
-    if trusted:
-        with db.transaction() as con:
-            for row in trusted:
-                con.execute(*row)
-    result.signed = len(trusted)
-    return result
+    return refs
+
+
+def _sign(db, run_id: str, ref: objects.StoredRef, result: TrustResult):
+    """The ``value_trusted`` row for ``ref`` if it needs one; counts what it finds."""
+    try:
+        mac = signing.sign([objects.raw_bytes(db.blobs, ref)])
+    except (LogCorruptError, OSError):
+        result.unreadable += 1
+        return None
+    if mac == ref.mac or mac in db.trusted_macs(ref.hash):
+        result.valid += 1
+        return None
+    return records.value_trusted(run_id, ref.hash, mac)

@@ -31,6 +31,9 @@ from .errors import UsageError, WaitMismatchError, WaitTimeout
 from .reports import require_run
 
 POLL = 0.01  # seconds between two looks at the write generation, early in a wait
+#: After consuming an event while more are pending, keep the log's lease this long, so that
+#: the cell's next wait (usually microseconds later) takes the next one without queueing again.
+HOLD = 0.02
 POLL_LATER = 0.025  # ... after FAST_FOR seconds: a wait of hours costs less CPU
 FAST_FOR = 20.0
 MAX_DURATION = 100 * 365.25 * 86400  # beyond, datetimes overflow
@@ -164,16 +167,23 @@ class Wait:
         return step, self.key or "", [self.run, step, self.key, self.ctx.source_hash if self.ctx
                                       else ""]
 
-    def recall(self) -> dict | None:
-        """Start the wait: the recorded outcome if it completed before, else None (deadlines
-        recorded or recovered)."""
+    def begin(self) -> dict | None:
+        """Start the wait, in one transaction (one lease): the recorded outcome if it completed
+        before; else the deadlines recorded (or recovered), and the outcome if the mailbox
+        already satisfies it; else None."""
+        with self.log.transaction(announce=False, urgent=True) as con:
+            outcome = self._recall(con)
+            if outcome is not None:
+                return outcome
+            return self._complete(con)
+
+    def _recall(self, con) -> dict | None:
         now = records.now()
         started = completed = None
         if self.ctx is None:  # outside a durable cell: nothing recorded, but a real run
-            with self.log.lease() as con:
-                require_run(con, self.log, self.run)
+            require_run(con, self.log, self.run)
         elif not self.ctx.force:
-            started, completed = self._recorded()
+            started, completed = self._recorded(con)
         if completed is not None:
             self._check_same(completed)
             return completed["outcome"]
@@ -189,17 +199,16 @@ class Wait:
         if self.ctx is not None:
             self._write(schema.WAIT_STARTED, {
                 "deadlines": [_iso(d) for d in self.deadlines],
-                "timeout_at": _iso(self.timeout_at)})
+                "timeout_at": _iso(self.timeout_at)}, con)
         return None
 
-    def _recorded(self) -> tuple[dict | None, dict | None]:
-        with self.log.lease() as con:
-            rows = con.execute(
-                "SELECT kind, body FROM events WHERE run = ? AND step = ? AND kind IN (?, ?)"
-                " AND body ->> 'wait' = ? AND body ->> 'source_hash' = ? AND attempt >= ?"
-                " ORDER BY rowid", [self.run, self.ctx.step, schema.WAIT_STARTED,
-                                    schema.WAIT_COMPLETED, self.key, self.ctx.source_hash,
-                                    self.ctx.since]).fetchall()
+    def _recorded(self, con) -> tuple[dict | None, dict | None]:
+        rows = con.execute(
+            "SELECT kind, body FROM events WHERE run = ? AND step = ? AND kind IN (?, ?)"
+            " AND body ->> 'wait' = ? AND body ->> 'source_hash' = ? AND attempt >= ?"
+            " ORDER BY rowid", [self.run, self.ctx.step, schema.WAIT_STARTED,
+                                schema.WAIT_COMPLETED, self.key, self.ctx.source_hash,
+                                self.ctx.since]).fetchall()
         started = completed = None
         for kind, body in rows:
             if kind == schema.WAIT_STARTED:
@@ -235,13 +244,18 @@ class Wait:
     def try_complete(self) -> dict | None:
         """If the wait is satisfied now, record its outcome (consuming its events) and return
         it, all in one transaction."""
-        with self.log.transaction(announce=False) as con:
-            now = self._looked_at = records.now()
-            pending = events.mailbox(con, self.run, self.keys()) if self.keys() else []
-            outcome = self._outcome(pending, now)
-            if outcome is not None:
-                self._write(schema.WAIT_COMPLETED, {
-                    "outcome": outcome, "consumed": outcome.pop("_consumed")}, con)
+        with self.log.transaction(announce=False, urgent=True) as con:
+            return self._complete(con)
+
+    def _complete(self, con) -> dict | None:
+        now = self._looked_at = records.now()
+        pending = events.mailbox(con, self.run, self.keys()) if self.keys() else []
+        outcome = self._outcome(pending, now)
+        if outcome is not None:
+            consumed = outcome.pop("_consumed")
+            self._write(schema.WAIT_COMPLETED, {"outcome": outcome, "consumed": consumed}, con)
+            if len(pending) > len(consumed):  # more for this cell's waits: keep the lease
+                self.log.hold(HOLD)
         return outcome
 
     def _outcome(self, pending: list[events.Pending], now: datetime) -> dict | None:
@@ -264,12 +278,11 @@ class Wait:
         return None
 
     # -- the loops ------------------------------------------------------------------------------
-    def run_sync(self) -> dict:
-        last = self.log.generation()
-        outcome = self.try_complete()
-        if outcome is not None:
-            return outcome  # already satisfied: no panel to show
+    def run_sync(self, last: int) -> dict:
+        """Wait, after :meth:`begin` found nothing at generation ``last`` (read before it):
+        panel shown, mailbox read again whenever the log changed or a deadline passed."""
         ui = _ui(self) if _ui is not None else _SleepUI()
+        outcome = None
         try:
             while outcome is None:
                 last, outcome = self._look(last)
@@ -280,11 +293,10 @@ class Wait:
         finally:
             ui.close()
 
-    async def run_async(self) -> dict:
+    async def run_async(self, last: int) -> dict:
         """The same loop for top-level ``await``: the kernel keeps handling messages (on
         ipykernel 7.4+ widget clicks reach their handlers while a cell awaits)."""
-        last = self.log.generation()
-        outcome = self.try_complete()
+        outcome = None
         while outcome is None:
             last, outcome = self._look(last)
             if outcome is None:
@@ -391,17 +403,19 @@ def _result(wait: Wait, outcome: dict, shape: str):
 
 def _wait(conditions, mode: str, shape: str, timeout: float | None = None):
     wait = Wait(tuple(conditions), mode, timeout)
-    outcome = wait.recall()
+    last = wait.log.generation()  # before begin(): a push it misses moves the generation on
+    outcome = wait.begin()
     if outcome is None:
-        outcome = wait.run_sync()
+        outcome = wait.run_sync(last)
     return _result(wait, outcome, shape)
 
 
 async def _wait_async(conditions, mode: str, shape: str, timeout: float | None = None):
     wait = Wait(tuple(conditions), mode, timeout)
-    outcome = wait.recall()
+    last = wait.log.generation()  # before begin(): a push it misses moves the generation on
+    outcome = wait.begin()
     if outcome is None:
-        outcome = await wait.run_async()
+        outcome = await wait.run_async(last)
     return _result(wait, outcome, shape)
 
 

@@ -197,8 +197,8 @@ def test_a_full_disk_fails_the_checkpoint_loudly_and_leaves_no_partial_line(tmp_
     with Kernel(tmp_path, env) as k:
         k.execute(LOAD)
         assert [n["kind"] for n in k.execute(effect_cell("c1")).notices()] == ["replayed"]
-        assert k.execute(effect_cell("c2", "print('x' * 6000)")).notices()[0]["kind"] \
-            == "executing"
+        note = k.execute(effect_cell("c2", "print('x' * 6000)")).notices()[0]
+        assert note["kind"] == "executing" and note["reason"] == "the previous attempt failed"
         assert k.execute(effect_cell("c3")).status == "ok"
         k.execute(in_kernel_wait("j._written == 0", "the journal to reach the log"))
     assert effects(tmp_path) == Counter(c1=1, c2=2, c3=1)
