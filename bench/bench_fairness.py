@@ -11,6 +11,10 @@ pusher, its index and the moment its push began. Reported:
 - what the consumer keeps up with: events consumed per second while pushers push;
 - none lost, none twice: every (pusher, index) consumed exactly once.
 
+Run twice, in the same process: pushes with an ``id`` (checked under the log's lease, one
+ATTACH/INSERT/COMMIT/DETACH each: the baseline) and pushes without (spooled beside the log,
+no lease). ``--mode`` runs one.
+
 Targets (issue 8) with 8 pushers x 250 pushes at 10/s each: wake p50 <= 100 ms, p99 <= 1 s,
 push p99 <= 250 ms.
 """
@@ -37,13 +41,15 @@ PUSHER = textwrap.dedent("""
     import json, random, sys, time
     import nbdurable
     who, n, rate, go = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    with_ids = sys.argv[5] == "lease"  # a push with an id is checked under the lease
     random.seed(who)
     while not __import__("os").path.exists(go):
         time.sleep(0.005)
     took = []
     for i in range(n):
         began = time.time()
-        nbdurable.push_event("tick", {"who": who, "i": i, "t": began})
+        nbdurable.push_event("tick", {"who": who, "i": i, "t": began},
+                             id=f"{who}-{i}" if with_ids else None)
         took.append(time.time() - began)
         if rate:
             time.sleep(max(0.0, random.uniform(0.5, 1.5) / rate - took[-1]))
@@ -51,12 +57,16 @@ PUSHER = textwrap.dedent("""
 """)
 
 
+MODES = {"lease": "baseline: every push under the lease (pushes with an id)",
+         "spool": "pushes without an id: spooled beside the log, no lease"}
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def run(work: Path, pushers: int, pushes: int, rate: float) -> dict:
+def run(work: Path, pushers: int, pushes: int, rate: float, mode: str) -> dict:
     total = pushers * pushes
     waiting, go = work / "waiting", work / "go"
     cell = textwrap.dedent(f"""
@@ -75,7 +85,7 @@ def run(work: Path, pushers: int, pushes: int, rate: float) -> dict:
         msg_id = k.kc.execute(cell)
         wait_for_file(waiting)
         procs = [subprocess.Popen([sys.executable, "-c", PUSHER, str(w), str(pushes), str(rate),
-                                   str(go)], env=env, stdout=subprocess.PIPE,
+                                   str(go), mode], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for w in range(pushers)]
         time.sleep(1.0)  # the pushers have imported nbdurable
         go.touch()
@@ -102,14 +112,34 @@ def main() -> None:
     parser.add_argument("--pushers", type=int, default=8)
     parser.add_argument("--pushes", type=int, default=250)
     parser.add_argument("--rate", type=float, default=10.0, help="pushes/s per pusher (0: max)")
+    parser.add_argument("--mode", choices=["both", *MODES], default="both")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="nbdurable-bench-", ignore_cleanup_errors=True) as tmp:
-        r = run(Path(tmp), args.pushers, args.pushes, args.rate)
-    wake, push = r["wake"], r["push"]
     print(f"{args.pushers} pushers x {args.pushes} pushes at {args.rate:g}/s each into one "
           f"waiting kernel")
+    results = {}
+    for mode in MODES if args.mode == "both" else [args.mode]:
+        with tempfile.TemporaryDirectory(prefix="nbdurable-bench-",
+                                         ignore_cleanup_errors=True) as tmp:
+            results[mode] = r = run(Path(tmp), args.pushers, args.pushes, args.rate, mode)
+        report(mode, r)
+    if len(results) == 2:
+        lease, spooled = results["lease"], results["spool"]
+        print(f"spool vs lease: wake p50 {ratio(spooled['wake'], lease['wake'], 50)}, p99 "
+              f"{ratio(spooled['wake'], lease['wake'], 99)}; push p99 "
+              f"{ratio(spooled['push'], lease['push'], 99)}")
+
+
+def ratio(new: list[float], base: list[float], q: float) -> str:
+    return f"{pct(new, q) / pct(base, q):.3f}x"
+
+
+def report(mode: str, r: dict) -> None:
+    wake, push = r["wake"], r["push"]
+    print(f"{MODES[mode]}:")
+    backlog = (f"the backlog drained {r['drained_after']:.1f} s after the last push"
+               if r["drained_after"] > 0 else "no backlog")
     print(f"   pushed {r['rate_in']:.1f} events/s; consumed {r['rate_out']:.1f} events/s while "
-          f"they pushed; the backlog drained {r['drained_after']:.1f} s after the last push")
+          f"they pushed; {backlog}")
     print(f"   wake latency p50 {pct(wake, 50) * 1000:.0f} ms   p99 {pct(wake, 99) * 1000:.0f} ms"
           f"   max {max(wake) * 1000:.0f} ms   (targets p50 <= 100 ms, p99 <= 1000 ms)")
     print(f"   push latency p50 {pct(push, 50) * 1000:.0f} ms   p99 {pct(push, 99) * 1000:.0f} ms"

@@ -3,7 +3,7 @@
 - blob files that no event refers to, in the log or in any journal, and older than an hour (a
   blob is written just before the journal line that refers to it: a young one may be in use);
 - temporary files left by processes that died while writing (``.tmp-<pid>-…``);
-- quarantined journal lines older than 30 days.
+- quarantined journal lines and spooled pushes older than 30 days.
 
 The log itself is never touched (it is append-only). ``dry_run`` lists without removing.
 """
@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import journal, records, schema
+from . import journal, records, schema, spool
 from .blobs import TMP_PREFIX
 from .processes import ProcessId
 from .reports import resolve_log
@@ -65,7 +65,7 @@ def gc(*, log=None, dry_run: bool = False) -> GcResult:
             _remove(path, result.blobs, result)
     for path in _temporary(db.path):
         _remove(path, result.temporary, result)
-    for path in _files(Path(f"{db.path}.journal") / "quarantine"):
+    for path in _quarantined(db.path):
         if now - path.stat().st_mtime > QUARANTINE_MAX_AGE:
             _remove(path, result.quarantine, result)
     return result
@@ -88,9 +88,15 @@ def _files(root: Path):
     return (p for p in root.rglob("*") if p.is_file()) if root.is_dir() else iter(())
 
 
+def _quarantined(log_path: Path):
+    for folder in (Path(f"{log_path}.journal"), spool.folder(log_path)):
+        yield from _files(folder / "quarantine")
+
+
 def _temporary(log_path: Path):
     """Files named ``….tmp-<pid>…`` beside the log whose process is gone."""
     places = [*_files(Path(f"{log_path}.blobs")), *_files(Path(f"{log_path}.index")),
+              *spool.folder(log_path).glob(".tmp-*"),
               *log_path.parent.glob(f"{log_path.name}.tmp-*")]
     for path in places:
         found = _TMP_PID.search(path.name)

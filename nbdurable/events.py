@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import context, records, schema
-from .errors import UsageError
+from . import context, files, records, schema, spool
+from .errors import LogError, UsageError
 from .reports import require_run
 
 MAX_KEY = 200
@@ -31,6 +31,7 @@ class Pending:
     key: str
     payload: Any
     pushed_at: datetime
+    rowid: int = 0  # its place in the log (append-only: rowids never change)
 
 
 def check_key(key: object, what: str = "an event key") -> str:
@@ -87,7 +88,9 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
     """Put an event in a run's mailbox; return its id. Works from any process.
 
     ``run``/``log`` default to the current ones (``NBDURABLE_RUN`` / ``NBDURABLE_LOG``, the
-    notebook). ``id`` makes a retried push idempotent.
+    notebook). ``id`` makes a retried push idempotent. Once a push found the run in the log,
+    later pushes without ``id`` take no lease: they are spooled beside the log and moved into it
+    by the next process that opens it (see :mod:`nbdurable.spool`).
     """
     key = check_key(key)
     payload = check_payload(payload)
@@ -95,6 +98,24 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
     log, run = context.locate(run, log)
     body = json.dumps({"id": event_id, "key": key, "payload": payload, "pid": os.getpid(),
                        "host": records.HOST})
+    if id is None and spool.known(log.path, run):
+        _spool(log, run, body)  # no lease: a waiting kernel is never kept from its mailbox
+    else:
+        _insert(log, run, event_id, key, payload, body)
+    return event_id
+
+
+def _spool(log, run: str, body: str) -> None:
+    try:
+        spool.write(log.path, [run, None, None, schema.EVENT_PUSHED, records.now(), body, None])
+    except OSError as exc:
+        raise LogError(f"the event was not pushed: {files.describe(exc, spool.folder(log.path))}"
+                       ) from None
+    log.announce_write()
+
+
+def _insert(log, run: str, event_id: str, key: str, payload: Any, body: str) -> None:
+    """Push under the lease: checks that the run exists and that a reused id is the same event."""
     with log.transaction() as con:
         # one statement in the common case: insert unless the id is there, if the run exists
         inserted = con.execute(
@@ -113,26 +134,37 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
                             [run, schema.EVENT_PUSHED, records.now(), body])
             else:
                 _check_same_event(event_id, key, payload, json.loads(earlier[0]))
+    spool.mark_known(log.path, run)  # the run exists: later pushes need no lease
     if context.current() is None:
         log.release()  # a push is one-off: let the waiting process in at once
-    return event_id
 
 
-def mailbox(con, run: str, keys) -> list[Pending]:
-    """Unconsumed events of ``keys`` in ``run``, oldest first (hold the lease)."""
+def mailbox(con, run: str, keys, per_key: int | None = None, floor: int = 0) -> list[Pending]:
+    """Unconsumed events of ``keys`` in ``run``, oldest first (hold the lease); at most the
+    ``per_key`` oldest of each key (a wait needs only the first few of a long queue).
+
+    ``floor``: a rowid below which every event of ``keys`` is known to be consumed (the log is
+    append-only, so it stays true): only the rows from there on are read, and a long-lived
+    mailbox costs what its recent rows cost, not its whole history. The consumption of an
+    event is always written after the event, so its record is at or above the floor too.
+    """
     keys = sorted(set(keys))
     if not keys:
         return []
     marks = ", ".join("?" * len(keys))
+    limit = ("QUALIFY row_number() OVER (PARTITION BY body ->> 'key' ORDER BY rowid) <= ?"
+             if per_key else "")
     rows = con.execute(
-        f"SELECT ts, body FROM events WHERE run = ? AND kind = ? AND body ->> 'key' IN ({marks})"
-        " AND body ->> 'id' NOT IN (SELECT unnest(json_extract_string(body, '$.consumed[*]'))"
-        " FROM events WHERE run = ? AND kind = ?) ORDER BY rowid",
-        [run, schema.EVENT_PUSHED, *keys, run, schema.WAIT_COMPLETED]).fetchall()
+        f"SELECT rowid, ts, body FROM events WHERE rowid >= ? AND run = ? AND kind = ? AND"
+        f" body ->> 'key' IN ({marks}) AND body ->> 'id' NOT IN (SELECT unnest("
+        "json_extract_string(body, '$.consumed[*]')) FROM events WHERE rowid >= ? AND run = ?"
+        f" AND kind = ?) {limit} ORDER BY rowid",
+        [floor, run, schema.EVENT_PUSHED, *keys, floor, run, schema.WAIT_COMPLETED,
+         *([per_key] if per_key else [])]).fetchall()
     found = []
-    for ts, body in rows:
+    for rowid, ts, body in rows:
         body = json.loads(body)
-        found.append(Pending(body["id"], body["key"], body["payload"], ts))
+        found.append(Pending(body["id"], body["key"], body["payload"], ts, rowid))
     return found
 
 

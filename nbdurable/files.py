@@ -72,6 +72,15 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def sync(path: Path | str) -> None:
+    """``fsync`` a file or folder by path (a folder: so that a rename in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def describe(exc: OSError, path: Path | str | None = None) -> str:
     """One line for an OS error on a file of the log, with what to do about it."""
     where = f" writing {path}" if path else ""

@@ -320,24 +320,53 @@ def _journals(log_path: Path):
             yield path, alive
 
 
-def _dead(log_path: Path) -> list[Path]:
-    return [path for path, alive in _journals(log_path) if alive is False]
+@dataclass
+class Look:
+    """One look at the journals beside a log. Each owner's liveness is judged once: a process
+    that dies during the look is seen alive (its rows pending) or dead (its journal to move into
+    the log), never neither (judged twice, its rows could be in neither list)."""
+
+    live: list[Row] = field(default_factory=list)  # rows of live processes' journals
+    dead: list[Path] = field(default_factory=list)  # journals of dead processes
+
+    def dead_rows(self) -> bool:
+        """Whether a dead process's journal holds rows not moved into the log yet."""
+        return any(_size(path) for path in self.dead)
 
 
-def has_dead(log_path: Path) -> bool:
-    """Are there events of dead processes waiting to be moved into the log?"""
-    for path in _dead(log_path):
-        with suppress(OSError):
-            if path.stat().st_size:
-                return True
-    return False
+def look(log_path: Path, run: str | None = None) -> Look:
+    """The rows of live processes' journals (for ``run``) and the journals of dead ones."""
+    seen = Look()
+    for path, alive in _journals(log_path):
+        if alive is False:
+            seen.dead.append(path)
+            continue
+        contents = read(path)
+        if contents.damaged:
+            _warn_damaged(path, len(contents.damaged), None)
+        seen.live += [r for r in contents.rows if run is None or r[0] == run]
+    return seen
 
 
-def recover(con, log_path: Path) -> bool:
-    """Move the events of dead processes' journals into the log (hold the lease); set their
-    damaged lines aside. True if anything was written."""
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def gather(con, log_path: Path, run: str | None = None) -> tuple[bool, list[Row]]:
+    """Holding the lease: move dead processes' journals into the log; return whether that wrote
+    anything, and the rows of live processes' journals for ``run``."""
+    seen = look(log_path, run)
+    return recover(con, seen.dead), seen.live
+
+
+def recover(con, dead: list[Path]) -> bool:
+    """Move the rows of dead processes' journals ``dead`` into the log (hold the lease); set
+    their damaged lines aside. True if anything was written."""
     wrote = False
-    for path in _dead(log_path):
+    for path in dead:
         contents = read(path)
         for row in contents.rows:
             con.execute(_RECOVER, [*row, *row[:4], row[4]])
@@ -351,36 +380,32 @@ def recover(con, log_path: Path) -> bool:
 
 def live_rows(log_path: Path, run: str | None = None) -> list[Row]:
     """Events in the journals of live processes (this one included), for ``run``."""
-    found = []
-    for path, alive in _journals(log_path):
-        if alive is not False:
-            contents = read(path)
-            if contents.damaged:
-                _warn_damaged(path, len(contents.damaged), None)
-            found += [r for r in contents.rows if run is None or r[0] == run]
-    return found
+    return look(log_path, run).live
 
 
 _warned: set[tuple[str, int]] = set()
 
 
-def quarantine(path: Path, damaged: list[tuple[bytes, str]]) -> Path:
-    """Keep the damaged lines of journal ``path`` in the quarantine folder; warn once."""
+def quarantine(path: Path, damaged: list[tuple[bytes, str]], *,
+               loss: str = "the attempts they recorded will execute again") -> Path:
+    """Keep the damaged lines of ``path`` in the quarantine folder beside it; warn once,
+    saying what is lost (``loss``)."""
     folder = path.parent / "quarantine"
     files.private_dir(folder)
     target = folder / f"{path.stem}-{int(time.time())}.bad"
     lines = b"".join(f"# {why}\n".encode() + line + b"\n" for line, why in damaged)
     with suppress(OSError):
         files.write_private(target, lines)
-    _warn_damaged(path, len(damaged), target)
+    _warn_damaged(path, len(damaged), target, loss)
     return target
 
 
-def _warn_damaged(path: Path, count: int, target: Path | None) -> None:
+def _warn_damaged(path: Path, count: int, target: Path | None,
+                  loss: str = "the attempts they recorded will execute again") -> None:
     if (str(path), count) in _warned:
         return
     _warned.add((str(path), count))
     where = f"set aside in {target}" if target else "skipped"
-    warnings.warn(f"{count} damaged line(s) in the journal {path} were {where}, never copied "
-                  "into the log; the attempts they recorded will execute again",
+    warnings.warn(f"{count} damaged line(s) in {path} were {where}, never copied into the "
+                  f"log; {loss}",
                   JournalDamageWarning, stacklevel=3)

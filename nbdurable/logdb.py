@@ -68,7 +68,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from . import files, interrupts, processes, schema
+from . import files, interrupts, processes, schema, spool
 from .blobs import BlobStore
 from .errors import (
     LogBusyError,
@@ -156,6 +156,7 @@ class LogDB:
                 return
             if not lease.attached:
                 lease.acquire()
+            lease.drain_spool()
             try:
                 yield lease.conn
             finally:
@@ -383,6 +384,7 @@ class _Lease:
         self.idle_deadline = 0.0
         self.thread: threading.Thread | None = None
         self.deferred: list[tuple[str, list]] = []
+        self.drained: list[Path] = []  # spooled pushes moved in by the open transaction
         self.generation_lock = threading.Lock()
         self.flush_due: float | None = None
         self.release_callbacks: list = []
@@ -398,6 +400,7 @@ class _Lease:
             with interrupts.deferred():  # in a DuckDB transaction <=> depth 1
                 self.conn.execute("BEGIN TRANSACTION")
                 self.depth = 1
+                self.drained = self.drain_in_transaction()
         except duckdb.Error as e:
             self.reset()
             raise LogError(f"cannot start a transaction on the log {self.path}: {_first_line(e)}") from e
@@ -408,6 +411,7 @@ class _Lease:
 
     def commit(self) -> None:
         self.depth = 0
+        drained, self.drained = self.drained, []
         try:
             self.conn.execute("COMMIT")
         except BaseException as e:  # also KeyboardInterrupt: never leave a transaction open
@@ -415,16 +419,48 @@ class _Lease:
             if isinstance(e, duckdb.Error):
                 raise LogError(f"could not commit to the log {self.path}: {_first_line(e)}") from e
             raise
+        spool.remove(drained)  # in the log now
         self.after_transaction()
 
     def rollback(self) -> None:
         self.depth = 0
+        self.drained = []  # still spooled: the next transaction moves them
         try:
             self.conn.execute("ROLLBACK")
         except BaseException:
             self.reset()  # dropping the connection rolls back too
             return
         self.after_transaction()
+
+    def drain_in_transaction(self) -> list[Path]:
+        """At the start of a transaction: move the pushes spooled beside the log into it (the
+        caller then sees them; their files go once it committed). If that fails the
+        transaction starts again without them: they stay spooled for the next one."""
+        paths = spool.pending(self.path)
+        if not paths:
+            return []
+        try:
+            return spool.drain(self.conn, self.path, paths)
+        except duckdb.Error:
+            self.conn.execute("ROLLBACK")
+            self.conn.execute("BEGIN TRANSACTION")
+            return []
+
+    def drain_spool(self) -> None:
+        """Outside a transaction (:meth:`LogDB.lease`): the same, in a transaction of its own."""
+        paths = spool.pending(self.path)
+        if not paths:
+            return
+        with interrupts.deferred():  # never leave this transaction open
+            try:
+                self.conn.execute("BEGIN TRANSACTION")
+                done = spool.drain(self.conn, self.path, paths)
+                self.conn.execute("COMMIT")
+            except duckdb.Error:
+                with suppress(duckdb.Error):
+                    self.conn.execute("ROLLBACK")
+                return
+        spool.remove(done)
 
     def after_transaction(self) -> None:
         if not self.holding() and (self.linger <= 0 or self.waiter_present()):
@@ -487,7 +523,7 @@ class _Lease:
 
     def reset(self) -> None:
         """After an unexpected DuckDB failure: drop the connection (a new one is made later)."""
-        self.depth = 0
+        self.depth, self.drained = 0, []
         conn, self.conn, self.attached = self.conn, None, False
         if conn is not None:
             with suppress(duckdb.Error):
@@ -682,7 +718,7 @@ class _Lease:
         try:
             self.build(tmp)
             os.chmod(tmp, files.file_mode())  # DuckDB creates it with the umask's mode
-            _fsync_file(tmp)
+            files.sync(tmp)
             _publish(tmp, self.path)
         except duckdb.Error as e:
             raise LogError(f"cannot create the log {self.path}: {_first_line(e)}") from e
@@ -1027,14 +1063,6 @@ def _created_by() -> str:
     return f"nbdurable {found}" if found else "nbdurable"
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, path: Path) -> None:
     """Make ``tmp`` appear at ``path`` atomically, unless someone else published a log first."""
     try:
@@ -1045,11 +1073,7 @@ def _publish(tmp: Path, path: Path) -> None:
         if os.path.lexists(path):  # no hard links on this file system; we hold the lease
             return
         os.rename(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    files.sync(path.parent)
 
 
 _HOST = socket.gethostname().replace(" ", "_") or "localhost"

@@ -65,9 +65,10 @@ def _first_line(exc: BaseException) -> str:
 
 def events_relation(con, db, run: str | None) -> str:
     """The events of the log, with dead processes' journals moved in and live ones' added."""
-    if journal.recover(con, db.path):
+    wrote, pending = journal.gather(con, db.path, run)
+    if wrote:
         db.announce_write()
-    return _with_pending(con, journal.live_rows(db.path, run))
+    return _with_pending(con, pending)
 
 
 def _with_pending(con, rows: list) -> str:

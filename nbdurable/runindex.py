@@ -61,10 +61,11 @@ class RunIndex:
         generation = self.log.generation()
         if generation >= 0 and generation == self.generation:
             return
-        if journal.recover(con, self.log.path):
+        seen = journal.look(self.log.path, self.run)
+        if journal.recover(con, seen.dead):
             self.log.announce_write()
         generation = self.log.generation()  # before reading: a later change is then noticed
-        pending = journal.live_rows(self.log.path, self.run)
+        pending = seen.live
         attempts = records.run_attempts(con, self.run, pending)
         resets = records.run_resets(con, self.run)
         with self._lock:
@@ -155,7 +156,8 @@ class RunIndex:
         self._dirty, self._saved_file = False, file_state
 
     def _load_snapshot(self, generation: int) -> bool:
-        if journal.has_dead(self.log.path):
+        seen = journal.look(self.log.path, self.run)
+        if seen.dead_rows():
             return False  # their attempts must be moved into the log first
         state = _read_snapshot(self._snapshot_path())
         if (state is None or state.get("format") != _FORMAT or state.get("run") != self.run
@@ -164,7 +166,7 @@ class RunIndex:
                 or state.get("file") != _file_state(self.log.path)
                 or self.log.generation() != generation):  # someone wrote while we read it
             return False
-        rows = [tuple(r[1:]) for r in journal.live_rows(self.log.path, self.run)]
+        rows = [tuple(r[1:]) for r in seen.live]
         with self._lock:
             self._last, self._completed = state["last"], state["completed"]
             self._reset, self._since = state["reset"], state["since"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -117,6 +119,54 @@ class _SleepUI:
         pass
 
 
+# -- where a mailbox may be read from -----------------------------------------------------------
+
+class _Floors:
+    """Per log file, run and set of keys: a rowid below which every event of those keys is
+    consumed (see :func:`events.mailbox`). Only ever raised; the log is append-only, so a floor
+    stays true whatever other processes do. Bounded: the oldest entries are forgotten."""
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._floors: dict[tuple, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> int:
+        return self._floors.get(key, 0)
+
+    def raise_to(self, key: tuple, floor: int) -> None:
+        if key[1] < 0:
+            return  # the log file could not be identified
+        with self._lock:
+            self._floors[key] = max(floor, self._floors.pop(key, 0))
+            while len(self._floors) > self.SIZE:
+                self._floors.pop(next(iter(self._floors)))
+
+
+_floors = _Floors()
+#: Rows written by a transaction not committed yet have rowids from 2**55 (DuckDB's MAX_ROW_ID)
+#: up; they get their place in the table when it commits.
+_UNCOMMITTED = 1 << 50
+
+
+def _floor_after(pending: list[events.Pending], taken: set[str]) -> int:
+    """Below which rowid every event of the mailbox is consumed once ``taken`` is: the oldest
+    committed event left, else just above the newest committed one read. (Spooled pushes
+    moved in by this transaction are not committed yet: they will be placed above both.)"""
+    committed = [p for p in pending if p.rowid < _UNCOMMITTED]
+    left = [p.rowid for p in committed if p.id not in taken]
+    return min(left, default=max((p.rowid + 1 for p in committed), default=0))
+
+
+
+def _inode(path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return -1
+
+
 # -- one wait ----------------------------------------------------------------------------------
 
 class Wait:
@@ -137,6 +187,7 @@ class Wait:
         self.deadlines: list[datetime | None] = []
         self.timeout_at: datetime | None = None
         self._looked_at = datetime.min  # when try_complete last read the mailbox
+        self._start_unrecorded = False  # deadlines computed, wait_started not written yet
         self._began = time.monotonic()
 
     @property
@@ -175,14 +226,18 @@ class Wait:
             outcome = self._recall(con)
             if outcome is not None:
                 return outcome
-            return self._complete(con)
+            outcome = self._complete(con)
+            if outcome is None and self._start_unrecorded:
+                self._record_start(con)  # completed at once, its deadlines need no record
+            return outcome
 
     def _recall(self, con) -> dict | None:
         now = records.now()
         started = completed = None
         if self.ctx is None:  # outside a durable cell: nothing recorded, but a real run
             require_run(con, self.log, self.run)
-        elif not self.ctx.force:
+        elif not self.ctx.force and self.ctx.attempt > self.ctx.since:
+            # only an earlier attempt that still counts can have recorded this wait
             started, completed = self._recorded(con)
         if completed is not None:
             self._check_same(completed)
@@ -196,11 +251,14 @@ class Wait:
                           for c in self.conditions]
         self.timeout_at = (now + timedelta(seconds=self.timeout)
                            if self.timeout is not None else None)
-        if self.ctx is not None:
-            self._write(schema.WAIT_STARTED, {
-                "deadlines": [_iso(d) for d in self.deadlines],
-                "timeout_at": _iso(self.timeout_at)}, con)
+        self._start_unrecorded = self.ctx is not None
         return None
+
+    def _record_start(self, con) -> None:
+        """``wait_started``: the deadlines, so that a restart waits only what is left."""
+        self._write(schema.WAIT_STARTED, {"deadlines": [_iso(d) for d in self.deadlines],
+                                          "timeout_at": _iso(self.timeout_at)}, con)
+        self._start_unrecorded = False
 
     def _recorded(self, con) -> tuple[dict | None, dict | None]:
         rows = con.execute(
@@ -249,14 +307,26 @@ class Wait:
 
     def _complete(self, con) -> dict | None:
         now = self._looked_at = records.now()
-        pending = events.mailbox(con, self.run, self.keys()) if self.keys() else []
+        pending = self._mailbox(con)
         outcome = self._outcome(pending, now)
         if outcome is not None:
             consumed = outcome.pop("_consumed")
             self._write(schema.WAIT_COMPLETED, {"outcome": outcome, "consumed": consumed}, con)
+            _floors.raise_to(self._floor_key(), _floor_after(pending, set(consumed)))
             if len(pending) > len(consumed):  # more for this cell's waits: keep the lease
                 self.log.hold(HOLD)
         return outcome
+
+    def _mailbox(self, con) -> list[events.Pending]:
+        keys = self.keys()
+        if not keys:
+            return []
+        # enough of each key to fill this wait, and one more to know whether more are pending
+        return events.mailbox(con, self.run, keys, max(Counter(keys).values()) + 1,
+                              _floors.get(self._floor_key()))
+
+    def _floor_key(self) -> tuple:
+        return (str(self.log.path), _inode(self.log.path), self.run, tuple(sorted(self.keys())))
 
     def _outcome(self, pending: list[events.Pending], now: datetime) -> dict | None:
         if self.mode == "any":

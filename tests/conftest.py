@@ -11,6 +11,19 @@ import oldkernel
 _OLD_FIXTURE = "old_ipykernel_python"
 
 
+@pytest.fixture
+def run_log(tmp_path, monkeypatch):
+    """A log holding run ``r1``, set as this process's ``NBDURABLE_LOG`` / ``NBDURABLE_RUN``."""
+    import nbdurable
+    from nbdurable import settings
+
+    monkeypatch.setenv("NBDURABLE_LOG", str(tmp_path / "log.duckdb"))
+    monkeypatch.setenv("NBDURABLE_RUN", "r1")
+    settings.reset()
+    nbdurable.once("create-the-run", lambda: None)
+    return tmp_path / "log.duckdb"
+
+
 @pytest.fixture(scope="session")
 def old_ipykernel_python() -> str:
     """Python of a venv with ipykernel 6.29.5 (the oldest supported), ipywidgets 8 and this

@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from foreign import held
 from kernels import Kernel, kernel_env
 
 LOAD = "%load_ext nbdurable"
@@ -56,20 +57,6 @@ def completed_steps(log: Path) -> set[str]:
 
 # -- 1. the log held by another program past the lease timeout -------------------------------------
 
-HOLDER = """
-import sys, time, duckdb
-deadline = time.monotonic() + 60
-while True:  # the kernel may hold the file for a few ms (its lease): try until we have it
-    try:
-        con = duckdb.connect(sys.argv[1])
-        break
-    except duckdb.IOException:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-print("held", flush=True)
-sys.stdin.read()
-con.close()
-"""
 
 
 def test_a_checkpoint_made_while_the_log_is_held_reaches_it_later(tmp_path):
@@ -78,10 +65,7 @@ def test_a_checkpoint_made_while_the_log_is_held_reaches_it_later(tmp_path):
     with Kernel(tmp_path, env) as k:
         k.execute(LOAD)
         assert k.execute(effect_cell("c1")).status == "ok"
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(log)], text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        try:
-            assert holder.stdout.readline() == "held\n"
+        with held(log) as holder:
             assert k.execute(effect_cell("c2")).status == "ok"  # durable in the journal
             stalled = k.execute(in_kernel_wait("j._stalled", "a failed insert")
                                 + "print(j._stalled)").stream()
@@ -90,8 +74,6 @@ def test_a_checkpoint_made_while_the_log_is_held_reaches_it_later(tmp_path):
             assert c3.status == "ok"
             assert "safe in its journal" in c3.stream("stderr")
             assert f"PID {holder.pid}" in c3.stream("stderr")
-        finally:
-            holder.communicate("", timeout=TIMEOUT)
         k.execute(in_kernel_wait("j._written == 0", "the journal to reach the log"))
     assert completed_steps(log) == {"c1", "c2", "c3"}
     # what was promised stays true across restarts and other writers
@@ -114,19 +96,14 @@ def test_a_failed_insert_is_retried_in_order_and_the_journal_kept_until_then(tmp
     with db.lease():
         pass  # create the log
     j = journal.Journal(db)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db.path)], text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     rows = [records.run_created(f"r{i}", None) for i in range(3)]
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held(db.path):
         j.submit([rows[0]], j.append([rows[0]], sync=True))
         deadline = time.monotonic() + TIMEOUT
         while j._stalled is None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         j.submit([rows[1]], j.append([rows[1]], sync=True))
-    finally:
-        holder.communicate("", timeout=TIMEOUT)
     j.submit([rows[2]], j.append([rows[2]], sync=True))
     deadline = time.monotonic() + TIMEOUT
     while j.path.stat().st_size:

@@ -67,16 +67,57 @@ def test_a_dead_process_journal_is_moved_into_the_log(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == -9 and out.stdout == "started\n", out.stderr
-    assert journal.has_dead(log_path)
+    assert journal.look(log_path).dead_rows()
     db = LogDB(log_path)
     with db.lease() as con:
-        assert journal.recover(con, log_path) is True
-        assert journal.recover(con, log_path) is False
+        assert journal.gather(con, log_path) == (True, [])
+        assert journal.gather(con, log_path) == (False, [])
         attempts = records.run_attempts(con, "r")
     db.close()
     assert [(a.step, a.attempt, a.status) for a in attempts] == [("crashy", 1, "running")]
-    assert not journal.has_dead(log_path)
+    assert not journal.look(log_path).dead_rows()
     assert list((tmp_path / "log.duckdb.journal").glob("*.jsonl")) == []
+
+
+def test_a_process_that_dies_while_the_journals_are_read_loses_nothing(tmp_path, monkeypatch):
+    """The journal's owner is SIGKILLed right after its liveness was judged (as a resumed
+    kernel may see an orphan that is being ended): its rows are pending, then recovered; judged
+    twice, they were once in neither list and a completed cell ran again."""
+    from nbdurable.processes import ProcessId
+
+    log_path = tmp_path / "log.duckdb"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from nbdurable import journal, records
+        from nbdurable.logdb import LogDB
+        a = records.Attempt("r", "one", 1, "running", "h", {{}}, records.now())
+        j = journal.Journal(LogDB(Path({str(log_path)!r})))
+        j.append([records.attempt_started(a, source="x", forced=False, reason=None)[1]],
+                 sync=True)
+        print("written", flush=True)
+        time.sleep(600)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout.readline() == "written\n"
+    judged = ProcessId.alive
+
+    def judged_then_killed(self):
+        answer = judged(self)
+        if self.pid == owner.pid and owner.poll() is None:
+            owner.kill()
+            owner.wait(timeout=60)
+        return answer
+
+    monkeypatch.setattr(ProcessId, "alive", judged_then_killed)
+    db = LogDB(log_path)
+    with db.lease() as con:
+        wrote, live = journal.gather(con, log_path, "r")
+        assert not wrote and [row[1] for row in live] == ["one"]  # seen alive: pending
+        assert journal.gather(con, log_path, "r") == (True, [])  # now dead: moved in
+        attempts = records.run_attempts(con, "r")
+    db.close()
+    assert [(a.step, a.status) for a in attempts] == [("one", "running")]
 
 
 def test_writes_announce_a_new_generation_unless_told_not_to(tmp_path):

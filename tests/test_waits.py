@@ -11,7 +11,6 @@ import time
 import pytest
 
 import nbdurable
-from nbdurable import settings
 from nbdurable.errors import UnknownRunError, UsageError, WaitTimeout
 from kernels import Kernel, count, wait_for_file
 
@@ -19,12 +18,8 @@ LOAD = "%load_ext nbdurable"
 
 
 @pytest.fixture
-def log(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBDURABLE_LOG", str(tmp_path / "log.duckdb"))
-    monkeypatch.setenv("NBDURABLE_RUN", "r1")
-    settings.reset()
-    nbdurable.once("create-the-run", lambda: None)
-    return tmp_path / "log.duckdb"
+def log(run_log):
+    return run_log
 
 
 def cli(*args, stdin=None, log=None):
