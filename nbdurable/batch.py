@@ -228,10 +228,12 @@ def derived_run_id(notebook: str, parameters: Mapping[str, Any]) -> str:
 
 
 def default_log(log: str | os.PathLike | None, cwd: Path | None = None) -> Path:
-    """The log a kernel started in ``cwd`` would use (given > ``NBDURABLE_LOG`` > default)."""
+    """The log a kernel started in ``cwd`` would use (given > ``configure(log=...)`` >
+    ``NBDURABLE_LOG`` > default)."""
     if log is not None:
         return settings.check_log_arg(log)
-    raw = os.environ.get("NBDURABLE_LOG") or str(settings.DEFAULT_LOG)
+    raw = (settings.configured_log() or os.environ.get("NBDURABLE_LOG")
+           or str(settings.DEFAULT_LOG))
     path = Path(raw).expanduser()
     return settings.check_log_arg(path if path.is_absolute() else (cwd or Path.cwd()) / path)
 

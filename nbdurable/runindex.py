@@ -204,10 +204,3 @@ def _file_state(path: Path) -> tuple | None:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, os.path.exists(f"{path}.wal"))
-
-
-def forget_snapshots(log_path: Path) -> None:
-    """Remove all snapshots of a log (they are caches; the log stays the truth)."""
-    with suppress(OSError):
-        for path in Path(f"{log_path}.index").glob("*.pickle"):
-            path.unlink()

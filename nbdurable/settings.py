@@ -45,6 +45,11 @@ def configure(*, log: str | os.PathLike | None = None, run: str | None = None) -
         _configured.run = check_run_id(run)
 
 
+def configured_log() -> str | None:
+    """The log path ``configure(log=...)`` set in this process (absolute), if any."""
+    return _configured.log
+
+
 def reset() -> None:
     """Forget what ``configure`` set (back to environment and defaults)."""
     _configured.log = None

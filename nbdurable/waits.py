@@ -213,11 +213,6 @@ class Wait:
         return min(ahead) if ahead else None
 
     # -- the log --------------------------------------------------------------------------------
-    def _where(self) -> tuple[str | None, str, list]:
-        step = self.ctx.step if self.ctx else None
-        return step, self.key or "", [self.run, step, self.key, self.ctx.source_hash if self.ctx
-                                      else ""]
-
     def begin(self) -> dict | None:
         """Start the wait, in one transaction (one lease): the recorded outcome if it completed
         before; else the deadlines recorded (or recovered), and the outcome if the mailbox

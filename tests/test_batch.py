@@ -509,6 +509,18 @@ def test_a_notebook_may_run_another_notebook(work):
     assert effects(work) == Counter(child=1)
 
 
+def test_run_uses_the_log_that_configure_set(work):
+    write_notebook(work / "nb.ipynb", ["%load_ext nbdurable", "%%durable c\n" + effect("c")])
+    script = ("import nbdurable\nnbdurable.configure(log='custom/log.duckdb')\n"
+              "r = nbdurable.run('nb.ipynb', 'out.ipynb', run_id='c')\nprint(r.status)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=work, env=clean_env(),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.stdout == "completed\n", out.stderr
+    assert not (work / ".nbdurable").exists()
+    runs = nbdurable("runs", "--json", "--log", "custom/log.duckdb", cwd=work)
+    assert [(r["run"], r["status"]) for r in json.loads(runs.stdout)] == [("c", "completed")]
+
+
 def test_papermill_engine_with_cwd_finds_the_same_run(work):
     """`papermill --engine nbdurable NB OUT --cwd DIR` derives the run id from NB's real path
     (papermill calls the engine after changing to DIR), so it resumes `nbdurable run`'s run."""

@@ -7,7 +7,6 @@ import ast
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from .. import settings
-from ..errors import UsageError
 
 
 @magics_class
@@ -42,9 +41,6 @@ class DurableMagics(Magics):
         """Show the run id and log of this notebook, or change the run id: %durable_run [RUN]"""
         run = line.strip()
         if run:
-            try:
-                settings.configure(run=run)
-            except UsageError:
-                raise
+            settings.configure(run=run)
         current = settings.run_id(self.shell.user_ns)
         print(f"run {current!r} in log {settings.log_path()}")
