@@ -168,6 +168,13 @@ def mailbox(con, run: str, keys, per_key: int | None = None, floor: int = 0) -> 
     return found
 
 
+def id_at(con, rowid: int) -> str | None:
+    """The id of the event pushed at ``rowid``, if the row there is one."""
+    row = con.execute("SELECT body ->> 'id' FROM events WHERE rowid = ? AND kind = ?",
+                      [rowid, schema.EVENT_PUSHED]).fetchone()
+    return row[0] if row else None
+
+
 def consumed_ids(con, run: str) -> dict[str, dict]:
     """id -> the wait that consumed it (step, wait key, when)."""
     rows = con.execute("SELECT step, ts, body FROM events WHERE run = ? AND kind = ?"

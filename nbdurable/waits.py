@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -121,27 +120,44 @@ class _SleepUI:
 
 # -- where a mailbox may be read from -----------------------------------------------------------
 
+@dataclass(frozen=True)
+class Floor:
+    """A rowid below which every event of a mailbox is consumed, and its witness: the event
+    seen at ``witness_rowid`` (the floor's own row, or the one just below it). A log file
+    replaced at the same path has another event there, or none: the floor is then dropped."""
+
+    rowid: int
+    witness_rowid: int
+    witness_id: str
+
+
 class _Floors:
-    """Per log file, run and set of keys: a rowid below which every event of those keys is
-    consumed (see :func:`events.mailbox`). Only ever raised; the log is append-only, so a floor
-    stays true whatever other processes do. Bounded: the oldest entries are forgotten."""
+    """Per log path, run and set of keys: the mailbox's :class:`Floor` (see
+    :func:`events.mailbox`). Only ever raised; the log is append-only, so a floor stays true
+    whatever other processes do. Bounded: the oldest entries are forgotten."""
 
     SIZE = 256
 
     def __init__(self) -> None:
-        self._floors: dict[tuple, int] = {}
+        self._floors: dict[tuple, Floor] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> int:
-        return self._floors.get(key, 0)
+    def get(self, key: tuple) -> Floor | None:
+        return self._floors.get(key)
 
-    def raise_to(self, key: tuple, floor: int) -> None:
-        if key[1] < 0:
-            return  # the log file could not be identified
+    def raise_to(self, key: tuple, floor: Floor | None) -> None:
         with self._lock:
-            self._floors[key] = max(floor, self._floors.pop(key, 0))
+            old = self._floors.pop(key, None)
+            best = max((f for f in (old, floor) if f is not None), key=lambda f: f.rowid,
+                       default=None)
+            if best is not None:
+                self._floors[key] = best
             while len(self._floors) > self.SIZE:
                 self._floors.pop(next(iter(self._floors)))
+
+    def forget(self, key: tuple) -> None:
+        with self._lock:
+            self._floors.pop(key, None)
 
 
 _floors = _Floors()
@@ -150,21 +166,19 @@ _floors = _Floors()
 _UNCOMMITTED = 1 << 50
 
 
-def _floor_after(pending: list[events.Pending], taken: set[str]) -> int:
+def _floor_after(pending: list[events.Pending], taken: set[str]) -> Floor | None:
     """Below which rowid every event of the mailbox is consumed once ``taken`` is: the oldest
     committed event left, else just above the newest committed one read. (Spooled pushes
     moved in by this transaction are not committed yet: they will be placed above both.)"""
     committed = [p for p in pending if p.rowid < _UNCOMMITTED]
-    left = [p.rowid for p in committed if p.id not in taken]
-    return min(left, default=max((p.rowid + 1 for p in committed), default=0))
-
-
-
-def _inode(path) -> int:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return -1
+    left = [p for p in committed if p.id not in taken]
+    if left:
+        oldest = min(left, key=lambda p: p.rowid)
+        return Floor(oldest.rowid, oldest.rowid, oldest.id)
+    if committed:
+        newest = max(committed, key=lambda p: p.rowid)
+        return Floor(newest.rowid + 1, newest.rowid, newest.id)
+    return None
 
 
 # -- one wait ----------------------------------------------------------------------------------
@@ -316,12 +330,16 @@ class Wait:
         keys = self.keys()
         if not keys:
             return []
+        floor = _floors.get(self._floor_key())
+        if floor is not None and events.id_at(con, floor.witness_rowid) != floor.witness_id:
+            _floors.forget(self._floor_key())  # another log file at this path: read it all
+            floor = None
         # enough of each key to fill this wait, and one more to know whether more are pending
         return events.mailbox(con, self.run, keys, max(Counter(keys).values()) + 1,
-                              _floors.get(self._floor_key()))
+                              floor.rowid if floor else 0)
 
     def _floor_key(self) -> tuple:
-        return (str(self.log.path), _inode(self.log.path), self.run, tuple(sorted(self.keys())))
+        return (str(self.log.path), self.run, tuple(sorted(self.keys())))
 
     def _outcome(self, pending: list[events.Pending], now: datetime) -> dict | None:
         if self.mode == "any":

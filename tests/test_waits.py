@@ -11,6 +11,7 @@ import time
 import pytest
 
 import nbdurable
+from nbdurable import settings
 from nbdurable.errors import UnknownRunError, UsageError, WaitTimeout
 from kernels import Kernel, count, wait_for_file
 
@@ -42,6 +43,25 @@ def test_each_event_is_consumed_once_oldest_first(log):
     assert [nbdurable.wait_for_event("k") for _ in range(3)] == [0, 1, 2]
     with pytest.raises(WaitTimeout):
         nbdurable.wait_for_event("k", timeout=0.05)
+
+
+def test_a_log_replaced_at_the_same_path_is_read_from_its_start(log):
+    """A consumer remembers where its mailbox's unconsumed events begin; a new log file at the
+    same path (deleted and created again) must not hide its events below that place."""
+    import shutil
+
+    from nbdurable.logdb import open_log
+
+    for i in range(6):
+        nbdurable.push_event("k", i)
+    assert [nbdurable.wait_for_event("k") for _ in range(6)] == list(range(6))
+    open_log(log).close()
+    for path in log.parent.glob("log.duckdb*"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    settings.reset()
+    nbdurable.once("create-the-run", lambda: None)
+    nbdurable.push_event("k", "new log")
+    assert nbdurable.wait_for_event("k", timeout=10) == "new log"
 
 
 def test_wait_any_reports_which_condition_fired(log):
