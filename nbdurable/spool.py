@@ -133,7 +133,7 @@ def drain(con, log_path: Path, paths: list[Path]) -> list[Path]:
             with suppress(OSError):
                 path.unlink()
             continue
-        except FileNotFoundError:  # drained by another process meanwhile
+        except OSError:  # drained by another process meanwhile, or not a file we can read
             continue
         done.append(path)
     if rows:

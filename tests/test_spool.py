@@ -116,6 +116,13 @@ def test_a_damaged_or_forged_spooled_push_is_set_aside(log, damage):
     assert nbdurable.history()["step"].tolist().count("s") == 0
 
 
+def test_something_unreadable_in_the_spool_is_left_alone(log):
+    nbdurable.push_event("k", 1)
+    (spool.folder(log) / f"{'0' * 20}-odd{spool.SUFFIX}").mkdir(parents=True)  # not a file
+    nbdurable.push_event("k", 2)
+    assert payloads() == [1, 2]
+
+
 def test_a_waiting_kernel_takes_pushes_spooled_while_the_log_was_held(tmp_path):
     """Two of three pushes are spooled while another program holds the log; the waiting cell
     gets all three in order once it is free, and a new kernel replays the same payloads."""
