@@ -123,10 +123,10 @@ def drain(con, log_path: Path, paths: list[Path]) -> list[Path]:
     """Inside a transaction: insert the pushes of ``paths`` in their order, in one statement,
     skipping ids already in the log. Returns the files to delete once the transaction
     committed; damaged ones are set aside at once."""
-    done, rows = [], []
+    done, rows, runs_known = [], [], {}
     for path in paths:
         try:
-            rows.append(_read(log_path, path))
+            rows.append(_read(log_path, path, runs_known))
         except journal.Damaged as exc:
             journal.quarantine(path, [(_raw(path), str(exc))],
                                loss="that push is lost: push the event again")
@@ -144,7 +144,7 @@ def drain(con, log_path: Path, paths: list[Path]) -> list[Path]:
     return done
 
 
-def _read(log_path: Path, path: Path) -> Row:
+def _read(log_path: Path, path: Path, runs_known: dict[str, bool]) -> Row:
     line = path.read_bytes()
     if not line.endswith(b"\n") or line.count(b"\n") != 1:
         raise journal.Damaged("it is not one whole line")
@@ -155,7 +155,9 @@ def _read(log_path: Path, path: Path) -> Row:
             is not None or not isinstance(fields, dict) or not isinstance(fields.get("id"), str)
             or not isinstance(fields.get("key"), str)):
         raise journal.Damaged("it is not an event push")
-    if not known(log_path, run):
+    if run not in runs_known:  # one look per run and drain
+        runs_known[run] = known(log_path, run)
+    if not runs_known[run]:
         raise journal.Damaged(f"it names run {run!r}, which no push found in the log")
     return row
 
