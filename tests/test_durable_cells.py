@@ -374,6 +374,32 @@ def test_subprocess_and_thread_output_is_recorded(workdir):
     assert again == first
 
 
+def test_subprocess_output_still_in_the_pipe_when_the_cell_ends_is_recorded(workdir):
+    # ipykernel forwards fd 1 through a pipe read by a watcher thread; on a loaded machine that
+    # thread runs late. It is slowed here (50 ms per 1,000-byte chunk) so the child's output is
+    # still in the pipe when the cell ends: the checkpoint must wait for it, not cut it off.
+    cell = body("""
+        %%durable flood
+        import subprocess, sys, threading, time
+        def _late(text, _write=sys.stdout.write):
+            if threading.current_thread() is sys.stdout.watch_fd_thread:
+                time.sleep(0.05)
+            return _write(text)
+        sys.stdout.write = _late  # IPython puts the stream's write back when the cell ends
+        subprocess.run([sys.executable, "-c", "print('x' * 5_000)"])
+        del _late
+    """)
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        k.execute(cell)
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        again = k.execute(cell)
+    assert again.notices()[0]["kind"] == "replayed"
+    out = again.stream()
+    assert out == "x" * 5_000 + "\n", f"{len(out)} characters replayed"
+
+
 def test_load_twice_is_harmless_and_unload_removes_everything(workdir):
     with Kernel(workdir) as k:
         k.execute(LOAD)

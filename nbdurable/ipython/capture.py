@@ -12,14 +12,24 @@ and the result goes through the display hook to become this cell's ``Out[n]``.
 
 from __future__ import annotations
 
+import array
+import fcntl
+import os
+import platform
 import sys
+import termios
 import threading
+import time
 from typing import Any
 
 OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result",
                           "error", "clear_output"})
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _MISSING = object()
+# How long the end of a cell waits for ipykernel to forward bytes already written to fd 1 and 2.
+FD_SETTLE_TIMEOUT = 1.0
+# The number of read(2) in /proc/<pid>/task/<tid>/syscall, where Linux shows it.
+_READ_SYSCALL = {"x86_64": b"0", "aarch64": b"63"}.get(platform.machine())
 
 
 def _msg_id(header: Any) -> str | None:
@@ -65,13 +75,11 @@ class OutputRecorder:
 
     def stop(self) -> list[dict]:
         """Flush pending output, stop recording and return the messages (streams merged)."""
+        _flush_pending()
+        deadline = time.monotonic() + FD_SETTLE_TIMEOUT
         for stream in (sys.stdout, sys.stderr):
-            if not _has_pending_output(stream):
-                continue
-            try:
-                stream.flush()
-            except Exception:  # a closed or replaced stream must not lose the checkpoint
-                pass
+            _settle_fd_output(stream, deadline)
+        _flush_pending()  # what the watchers forwarded meanwhile
         session = self.kernel.session
         if self._original is not None:
             # Put back exactly what was there: usually nothing (the class's method).
@@ -82,6 +90,52 @@ class OutputRecorder:
             self._original = None
         with self._lock:
             return merge_streams(self.messages)
+
+
+def _flush_pending() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if not _has_pending_output(stream):
+            continue
+        try:
+            stream.flush()
+        except Exception:  # a closed or replaced stream must not lose the checkpoint
+            pass
+
+
+def _settle_fd_output(stream, deadline: float) -> None:
+    """Wait until ipykernel's watcher thread has forwarded every byte already written to the
+    stream's file descriptor (by a subprocess or C code): it reads a pipe in its own thread, which
+    on a loaded machine runs late, and what it forwards after the cell ends is not recorded."""
+    fid, thread = getattr(stream, "_fid", None), getattr(stream, "watch_fd_thread", None)
+    if fid is None or thread is None or not getattr(stream, "_should_watch", False):
+        return
+    while thread.is_alive() and not _watcher_idle(fid, thread.native_id):
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.0005)
+
+
+def _watcher_idle(fid: int, tid: int | None) -> bool:
+    """Nothing left in the pipe, and its reader is blocked reading it again (so it has forwarded
+    what it read before). Without Linux's /proc, an empty pipe has to do."""
+    try:
+        unread = array.array("i", [0])
+        fcntl.ioctl(fid, termios.FIONREAD, unread)
+    except OSError:  # the pipe is gone: nothing to wait for
+        return True
+    if unread[0]:
+        return False
+    if _READ_SYSCALL is None or tid is None:
+        return True
+    try:  # os.read, not open(): a text file costs ~100 µs here, this ~14 µs
+        fd = os.open(f"/proc/self/task/{tid}/syscall", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fields = os.read(fd, 256).split()
+        finally:
+            os.close(fd)
+    except OSError:
+        return True
+    return fields[:1] == [_READ_SYSCALL] and len(fields) > 1 and int(fields[1], 16) == fid
 
 
 def _has_pending_output(stream) -> bool:
