@@ -32,8 +32,10 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from kernels import Kernel, kernel_env  # noqa: E402
 
-from nbdurable import analysis, engine, settings  # noqa: E402
-from nbdurable.logdb import open_log  # noqa: E402
+from nbdurable import settings  # noqa: E402
+from nbdurable.engine import analysis  # noqa: E402
+from nbdurable.engine import cells as engine  # noqa: E402
+from nbdurable.store.logdb import open_log  # noqa: E402
 
 
 def ms(seconds: float) -> str:
@@ -66,8 +68,8 @@ def bench_small_cells(work: Path, n: int) -> dict:
             replay.append(roundtrip(k, f"%%durable s{i}\nd{i} = {i}\nd{i} + 1"))
     return {
         "plain": statistics.median(plain),
-        "first_overhead": statistics.median(d - p for d, p in zip(durable, plain)),
-        "replay_overhead": statistics.median(r - p for r, p in zip(replay, plain2)),
+        "first_overhead": statistics.median(d - p for d, p in zip(durable, plain, strict=True)),
+        "replay_overhead": statistics.median(r - p for r, p in zip(replay, plain2, strict=True)),
     }
 
 

@@ -95,7 +95,7 @@ def run(work: Path, pushers: int, pushes: int, rate: float, mode: str) -> dict:
         reply = k.reply_to(msg_id, timeout=3600)
         assert reply["content"]["status"] == "ok", reply["content"]
         got = json.loads(k.execute("import json\nprint(json.dumps(got))").stream())
-    for proc, (out, err) in zip(procs, outs):
+    for proc, (_out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
     took = [t for out, _ in outs for t in json.loads(out)]
     seen = Counter((who, i) for who, i, _, _ in got)

@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from nbdurable import objects, serializer, signing
-from nbdurable.blobs import BlobStore
+from nbdurable.engine import serializer
+from nbdurable.engine import values as objects
+from nbdurable.store import signing
+from nbdurable.store.blobs import BlobStore
 
 
 def drop_caches() -> None:

@@ -33,8 +33,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nbdurable.blobs import BlobStore  # noqa: E402
-from nbdurable.logdb import LogDB  # noqa: E402
+from nbdurable.store.blobs import BlobStore  # noqa: E402
+from nbdurable.store.logdb import LogDB  # noqa: E402
 
 INSERT = "INSERT INTO replays VALUES ('bench', ?, ?, now(), 0)"
 
@@ -96,7 +96,7 @@ def bench_transactions(work: Path) -> None:
 HOLDER = """
     import os, sys
     sys.path.insert(0, sys.argv[3])
-    from nbdurable.logdb import LogDB
+    from nbdurable.store.logdb import LogDB
     db = LogDB(sys.argv[1], linger=float(sys.argv[2]))
     for line in sys.stdin:
         with db.transaction() as conn:
@@ -162,7 +162,8 @@ def bench_blobs(work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, help="where to write (default: a temporary directory)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nbdurable-bench-", dir=args.dir))

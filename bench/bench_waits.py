@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from kernels import Kernel, kernel_env, wait_for_file  # noqa: E402
 
-from nbdurable.waits import FAST_FOR  # noqa: E402
+from nbdurable.engine.waits import FAST_FOR  # noqa: E402
 
 PUSHER = textwrap.dedent("""
     import json, random, sys, time
@@ -78,7 +78,7 @@ def bench_latency(work: Path, n: int) -> list[float]:
         assert pusher.returncode == 0, err
         resumed = json.loads(k.execute("import json\nprint(json.dumps(resumed))").stream())
     starts = json.loads(out)
-    return [r - s for s, r in zip(starts, resumed)]
+    return [r - s for s, r in zip(starts, resumed, strict=True)]
 
 
 def bench_idle_cpu(work: Path, seconds: float) -> float:

@@ -16,35 +16,35 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "configure": "nbdurable.settings",
-    "step": "nbdurable.steps",
-    "once": "nbdurable.steps",
-    "once_reset": "nbdurable.steps",
-    "once_resolve": "nbdurable.steps",
-    "history": "nbdurable.reports",
-    "runs": "nbdurable.reports",
-    "log": "nbdurable.reports",
-    "reset": "nbdurable.resets",
-    "run": "nbdurable.batch",
-    "RunResult": "nbdurable.batch",
+    "step": "nbdurable.engine.steps",
+    "once": "nbdurable.engine.steps",
+    "once_reset": "nbdurable.engine.steps",
+    "once_resolve": "nbdurable.engine.steps",
+    "history": "nbdurable.engine.reports",
+    "runs": "nbdurable.engine.reports",
+    "log": "nbdurable.engine.reports",
+    "reset": "nbdurable.engine.resets",
+    "run": "nbdurable.batch.runner",
+    "RunResult": "nbdurable.batch.runner",
     "errors": "nbdurable.errors",
     "NbdurableError": "nbdurable.errors",
     "WaitTimeout": "nbdurable.errors",
-    "sleep": "nbdurable.waits",
-    "wait_for_event": "nbdurable.waits",
-    "wait_any": "nbdurable.waits",
-    "wait_all": "nbdurable.waits",
-    "sleep_async": "nbdurable.waits",
-    "wait_for_event_async": "nbdurable.waits",
-    "wait_any_async": "nbdurable.waits",
-    "wait_all_async": "nbdurable.waits",
-    "Sleep": "nbdurable.waits",
-    "Event": "nbdurable.waits",
-    "WaitResult": "nbdurable.waits",
-    "push_event": "nbdurable.events",
-    "list_events": "nbdurable.events",
-    "trust": "nbdurable.trusts",
-    "sql": "nbdurable.reports",
-    "gc": "nbdurable.cleanup",
+    "sleep": "nbdurable.engine.waits",
+    "wait_for_event": "nbdurable.engine.waits",
+    "wait_any": "nbdurable.engine.waits",
+    "wait_all": "nbdurable.engine.waits",
+    "sleep_async": "nbdurable.engine.waits",
+    "wait_for_event_async": "nbdurable.engine.waits",
+    "wait_any_async": "nbdurable.engine.waits",
+    "wait_all_async": "nbdurable.engine.waits",
+    "Sleep": "nbdurable.engine.waits",
+    "Event": "nbdurable.engine.waits",
+    "WaitResult": "nbdurable.engine.waits",
+    "push_event": "nbdurable.engine.events",
+    "list_events": "nbdurable.engine.events",
+    "trust": "nbdurable.engine.trusts",
+    "sql": "nbdurable.engine.reports",
+    "gc": "nbdurable.engine.cleanup",
     "event_button": "nbdurable.ipython.panel",
 }
 
@@ -67,30 +67,40 @@ def __dir__():
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext nbdurable``: register the magics; loading twice is harmless."""
-    from .ipython import load
+    from nbdurable.ipython import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext nbdurable``: remove everything ``load_ipython_extension`` registered."""
-    from .ipython import unload
+    from nbdurable.ipython import unload
 
     unload(ipython)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import errors
-    from .errors import NbdurableError, WaitTimeout
-    from .events import list_events, push_event
-    from .ipython.panel import event_button
-    from .waits import (Event, Sleep, WaitResult, sleep, sleep_async, wait_all, wait_all_async,
-                        wait_any, wait_any_async, wait_for_event, wait_for_event_async)
-    from .batch import RunResult, run
-    from .reports import history, log, runs
-    from .resets import reset
-    from .settings import configure
-    from .steps import once, once_reset, once_resolve, step
-    from .trusts import trust
-    from .reports import sql
-    from .cleanup import gc
+    from nbdurable import errors
+    from nbdurable.batch.runner import RunResult, run
+    from nbdurable.engine.cleanup import gc
+    from nbdurable.engine.events import list_events, push_event
+    from nbdurable.engine.reports import history, log, runs, sql
+    from nbdurable.engine.resets import reset
+    from nbdurable.engine.steps import once, once_reset, once_resolve, step
+    from nbdurable.engine.trusts import trust
+    from nbdurable.engine.waits import (
+        Event,
+        Sleep,
+        WaitResult,
+        sleep,
+        sleep_async,
+        wait_all,
+        wait_all_async,
+        wait_any,
+        wait_any_async,
+        wait_for_event,
+        wait_for_event_async,
+    )
+    from nbdurable.errors import NbdurableError, WaitTimeout
+    from nbdurable.ipython.panel import event_button
+    from nbdurable.settings import configure

@@ -11,8 +11,9 @@ import math
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
-from .errors import NbdurableError
+from nbdurable.errors import NbdurableError
 
 EPILOG = ("exit status: 0 done; 1 a cell raised; 2 bad input or another expected error "
           "(one line on stderr); 3 the kernel died (run the same command again to resume)")
@@ -160,9 +161,9 @@ def _demo_parser(sub) -> None:
 # -- handlers: parse, call, print ---------------------------------------------------------------
 
 def _run(args) -> int:
-    from .batch import parse_parameter, run
+    from nbdurable import run
 
-    parameters = {name: parse_parameter(value) for name, value in args.parameter}
+    parameters = {name: _parse_parameter(value) for name, value in args.parameter}
     result = run(args.notebook, args.output, run_id=args.run_id, parameters=parameters,
                  log=args.log, cwd=args.cwd, kernel=args.kernel,
                  max_restarts=args.max_restarts, progress=args.progress)
@@ -178,14 +179,14 @@ def _run(args) -> int:
 
 
 def _runs(args) -> int:
-    from .reports import runs
+    from nbdurable.engine.reports import runs
 
     _print_frame(runs(log=_existing_log(args.log)), args.json, "no runs in the log")
     return 0
 
 
 def _log(args) -> int:
-    from .reports import log
+    from nbdurable.engine.reports import log
 
     found = log(args.run, log=_existing_log(args.log))
     if args.json:
@@ -196,7 +197,7 @@ def _log(args) -> int:
 
 
 def _reset(args) -> int:
-    from .resets import reset
+    from nbdurable.engine.resets import reset
 
     steps = reset(args.run, from_step=args.from_step, include_once=args.include_once,
                   log=_existing_log(args.log))
@@ -209,7 +210,7 @@ def _reset(args) -> int:
 
 
 def _event_push(args) -> int:
-    from .events import parse_payload, push_event
+    from nbdurable.engine.events import parse_payload, push_event
 
     text = sys.stdin.read() if args.payload == "-" else (args.payload or "")
     event_id = push_event(args.key, parse_payload(text), run=args.run,
@@ -222,7 +223,7 @@ def _event_push(args) -> int:
 
 
 def _event_list(args) -> int:
-    from .events import list_events
+    from nbdurable.engine.events import list_events
 
     _print_frame(list_events(args.run, log=_existing_log(args.log)), args.json,
                  f"no events in run {args.run!r}")
@@ -230,7 +231,7 @@ def _event_list(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import demo
+    from nbdurable.demo import demo
 
     report = demo(args.notebook, workdir=args.dir, log=args.log,
                   echo=(lambda *a, **k: None) if args.json else print)
@@ -240,14 +241,14 @@ def _demo(args) -> int:
 
 
 def _sql(args) -> int:
-    from .reports import sql
+    from nbdurable.engine.reports import sql
 
     _print_frame(sql(args.query, log=_existing_log(args.log)), args.json, "(no rows)")
     return 0
 
 
 def _gc(args) -> int:
-    from .cleanup import gc
+    from nbdurable.engine.cleanup import gc
 
     result = gc(log=_existing_log(args.log), dry_run=args.dry_run)
     if args.json:
@@ -258,7 +259,7 @@ def _gc(args) -> int:
 
 
 def _trust(args) -> int:
-    from .trusts import trust
+    from nbdurable.engine.trusts import trust
 
     result = trust(_existing_log(args.log), run=args.run)
     if args.json:
@@ -270,9 +271,9 @@ def _trust(args) -> int:
 
 def _existing_log(given: str | None) -> str:
     """The log a reading command uses: it must exist (a missing one is a typo, not a new log)."""
-    from . import settings
-    from .errors import UsageError
-    from .logdb import sniff
+    from nbdurable import settings
+    from nbdurable.errors import UsageError
+    from nbdurable.store.logdb import sniff
 
     path = settings.check_log_arg(given) if given else settings.log_path()
     if not path.is_file():
@@ -316,7 +317,7 @@ def _count(text: str) -> int:
 
 
 def _version() -> str:
-    from . import __version__
+    from nbdurable import __version__
 
     return f"nbdurable {__version__}"
 
@@ -336,6 +337,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nbdurable: interrupted", file=sys.stderr)
         return 130
+
+
+def _parse_parameter(value: str) -> Any:
+    """A ``-p NAME VALUE`` value, typed as papermill's own CLI types it."""
+    special = {"True": True, "False": False, "None": None}
+    if value in special:
+        return special[value]
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 if __name__ == "__main__":

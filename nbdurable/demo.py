@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import settings
-from .errors import NbdurableError, UsageError
+from nbdurable import settings
+from nbdurable.errors import NbdurableError, UsageError
 
 NOTEBOOK = Path("notebooks") / "01-quickstart.ipynb"
 #: Installed with the package (pyproject's data-files) for runs outside the repository.
@@ -100,7 +100,7 @@ def _kernel_env(run: str, log: Path) -> dict[str, str]:
 def _client(nb, work: Path):
     from nbclient import NotebookClient
 
-    from .batch import local_kernel_config
+    from nbdurable.kernels import local_kernel_config
 
     return NotebookClient(nb, timeout=600, kernel_name="python3", config=local_kernel_config(),
                           resources={"metadata": {"path": str(work)}})

@@ -93,3 +93,17 @@ class UnstorableValueWarning(UserWarning):
 class IntegrityWarning(UserWarning):
     """Something stored could not be trusted (damaged, changed, unsigned) and was not used; the
     work it recorded runs again."""
+
+
+class JournalDamageWarning(UserWarning):
+    """Lines of a journal were damaged; they were set aside, the rest was used."""
+
+
+class LogHeldWarning(UserWarning):
+    """Checkpoints are safe in this process's journal but cannot reach the log yet."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

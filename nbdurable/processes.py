@@ -9,12 +9,15 @@ old pid back. Elsewhere the start time is unknown and only the pid is compared.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
 from dataclasses import asdict, dataclass
 
 HOST = socket.gethostname() or "localhost"
+#: The host name as a token of file names and lock files (no "-", no white space).
+HOST_TOKEN = re.sub(r"[\s\-/]", "_", HOST)
 
 
 def start_time(pid: int) -> int | None:
@@ -24,6 +27,18 @@ def start_time(pid: int) -> int | None:
             return int(f.read().rsplit(b")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def me() -> ProcessId:
+    """This process (computed once per process: a forked child gets its own)."""
+    pid = os.getpid()
+    if _me.get("pid") != pid:
+        _me.clear()
+        _me.update(pid=pid, id=ProcessId.current())
+    return _me["id"]
+
+
+_me: dict = {}
 
 
 def program() -> str:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from nbdurable.errors import ConfigError
 
 DEFAULT_LOG = Path(".nbdurable") / "log.duckdb"
 DEFAULT_RUN = "default"

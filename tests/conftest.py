@@ -3,9 +3,8 @@ helpers directly (``from kernels import ...``)."""
 
 from __future__ import annotations
 
-import pytest
-
 import oldkernel
+import pytest
 
 #: Fixtures and parameters that need an older-ipykernel venv.
 _OLD_FIXTURE = "old_ipykernel_python"

@@ -75,7 +75,7 @@ class _Build:
         except subprocess.TimeoutExpired:
             self._process.kill()
             output, _ = self._process.communicate()
-            raise BuildFailed(f"$ {' '.join(argv)}\ntimed out after {BUILD_TIMEOUT:.0f}s\n{output}")
+            raise BuildFailed(f"$ {' '.join(argv)}\ntimed out after {BUILD_TIMEOUT:.0f}s\n{output}") from None
         if self._process.returncode != 0:
             raise BuildFailed(f"$ {' '.join(argv)}\nexit {self._process.returncode}\n{output}")
         return output

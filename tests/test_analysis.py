@@ -4,7 +4,7 @@ import ast
 
 import pytest
 
-from nbdurable.analysis import analyse, expand
+from nbdurable.engine.analysis import analyse, expand
 
 
 def names(src):

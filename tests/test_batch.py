@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from kernels import wait_for_file
 
 TIMEOUT = 180
@@ -324,8 +323,8 @@ def _foreign_log(work: Path) -> Path:
 def _newer_log(work: Path) -> Path:
     import duckdb
 
-    from nbdurable import schema
-    from nbdurable.logdb import open_log
+    from nbdurable.store import schema
+    from nbdurable.store.logdb import open_log
 
     path = work / "newer.duckdb"
     log = open_log(path)
@@ -456,6 +455,45 @@ def test_status_of_runs_without_a_driver(tmp_path):
         assert k.execute(cell).status == "ok"
     row = runs_json(tmp_path, "--log", log)["test-run"]
     assert (row["status"], row["steps_completed"], row["attempts"]) == ("completed", 1, 2)
+
+
+def test_a_reused_pid_does_not_pass_for_the_kernel_that_died(tmp_path):
+    """A kernel dies in a cell; another process later gets its PID (a restarted container often
+    hands the old PID out again). The run is still crashed, and a ``once`` it left in flight is
+    in doubt, not "running in process N": the start time recorded with the PID tells them apart."""
+    import subprocess
+
+    from kernels import Kernel
+
+    from nbdurable.store import journal
+    from nbdurable.store.logdb import open_log
+
+    cell = ("%%durable slow\nimport nbdurable, pathlib, time\n"
+            "def hang():\n    pathlib.Path('started').touch()\n    time.sleep(600)\n"
+            "nbdurable.once('charge', hang)")
+    log = tmp_path / "log.duckdb"
+    with Kernel(tmp_path) as k:
+        k.execute("%load_ext nbdurable")
+        k.send(cell)
+        wait_for_file(tmp_path / "started")
+        k.sigkill()
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        db = open_log(log)
+        with db.transaction() as con:  # the dead kernel's rows into the log, its PID reused
+            journal.gather(con, db.path)
+            con.execute("UPDATE events SET body = json_merge_patch(body, ?) "
+                        "WHERE kind IN ('attempt_started', 'once_started')",
+                        [json.dumps({"pid": stranger.pid})])
+        db.close()
+        assert runs_json(tmp_path, "--log", log)["test-run"]["status"] == "crashed"
+        with Kernel(tmp_path) as k:
+            k.execute("%load_ext nbdurable")
+            again = k.execute("import nbdurable\nnbdurable.once('charge', lambda: 1)")
+        assert again.ename == "OnceInDoubtError", again.evalue
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_a_set_from_a_plain_cell_does_not_rerun_its_readers(tmp_path):

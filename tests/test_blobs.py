@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import xxhash
 
-from nbdurable.blobs import BlobStore
 from nbdurable.errors import LogCorruptError, UsageError
+from nbdurable.store.blobs import BlobStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,7 +109,8 @@ def test_missing_blob_is_a_clear_error(store):
         store.open(digest)
 
 
-@pytest.mark.parametrize("digest", ["", "short", "../../etc/passwd", ".tmp-123-abcd", "AB" * 16, "ab/cd" * 8, 12])
+@pytest.mark.parametrize("digest", ["", "short", "../../etc/passwd", ".tmp-123-abcd", "AB" * 16,
+                                    "ab/cd" * 8, 12])
 def test_invalid_digests_are_refused(store, digest):
     with pytest.raises(UsageError):
         store.path(digest)
@@ -140,7 +141,7 @@ def test_failed_write_leaves_no_file(store):
 
 KILLED_WRITER = """
     import os, sys
-    from nbdurable.blobs import BlobStore
+    from nbdurable.store.blobs import BlobStore
 
     class Slow:
         def __iter__(self):

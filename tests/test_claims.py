@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from nbdurable import claims
 from nbdurable.errors import RunBusyError
 from nbdurable.processes import ProcessId, start_time
+from nbdurable.store import claims
 
 TIMEOUT = 30
 
 DRIVER = """
 import sys, time
 from pathlib import Path
-from nbdurable.claims import Claim
+from nbdurable.store.claims import Claim
 claim = Claim(Path(sys.argv[1]), "r")
 print(claim.path, claim.invocation, flush=True)
 time.sleep(600)
@@ -31,7 +31,7 @@ time.sleep(600)
 
 KERNEL = """
 import ctypes, os, subprocess, sys, time
-from nbdurable.claims import guard_kernel
+from nbdurable.store.claims import guard_kernel
 guard_kernel(sys.argv[1], sys.argv[2])
 child = subprocess.Popen(["sleep", "600"])
 print(os.getpid(), child.pid, flush=True)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-
 from kernels import kernel_env, notebook, run_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +22,8 @@ def test_nbdurable_demo_kills_resumes_and_reports(tmp_path):
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "1st run: kernel SIGKILLed during `summarize`, while its LLM call #3 was running (2 finished)" in text
+    assert ("1st run: kernel SIGKILLed during `summarize`, while its LLM call #3 was running "
+            "(2 finished)") in text
     assert "fetch      replayed" in text
     assert "summarize  executed  the previous attempt did not finish (the kernel died)" in text
     effects = (tmp_path / "demo" / "side_effects.log").read_text().split()

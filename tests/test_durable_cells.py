@@ -12,7 +12,6 @@ import sys
 import textwrap
 
 import pytest
-
 from kernels import Kernel, count, kernel_env, wait_for_file
 
 LOAD = "%load_ext nbdurable"
@@ -79,7 +78,7 @@ def test_traceback_line_numbers_and_out_like_a_plain_cell(workdir):
         assert "line 5" in tb  # the raise is on line 5 of the cell, counting %%durable
         ok = k.execute("%%durable fine\nv = 41\nv + 1")
         assert ok.result["data"]["text/plain"] == "42"
-        assert k.execute("print(Out[%d])" % ok.execution_count).stream() == "42\n"
+        assert k.execute(f"print(Out[{ok.execution_count}])").stream() == "42\n"
         quiet = k.execute("%%durable quiet\nv + 1;")
         assert quiet.result is None
 
@@ -251,7 +250,8 @@ def test_once_survives_edits_force_and_restarts(workdir):
             return f"sent to {{to}}"
     """)
     v1 = "%%durable notify\nreceipt = nbdurable.once('email', send_email, 'ann')\nprint(receipt)"
-    v2 = "%%durable notify --force\n# edited\nreceipt = nbdurable.once('email', send_email, 'bob')\nprint(receipt)"
+    v2 = ("%%durable notify --force\n# edited\n"
+          "receipt = nbdurable.once('email', send_email, 'bob')\nprint(receipt)")
     with Kernel(workdir) as k:
         k.execute(LOAD)
         k.execute(define)

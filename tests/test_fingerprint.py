@@ -3,7 +3,7 @@
 import threading
 import types
 
-from nbdurable.fingerprint import Tracker, fingerprint
+from nbdurable.engine.fingerprint import Tracker, fingerprint
 
 
 def test_kinds_of_fingerprint():

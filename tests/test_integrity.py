@@ -16,7 +16,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from foreign import held
 from kernels import Kernel, kernel_env
 
@@ -89,8 +88,8 @@ def test_a_checkpoint_made_while_the_log_is_held_reaches_it_later(tmp_path):
 
 def test_a_failed_insert_is_retried_in_order_and_the_journal_kept_until_then(tmp_path):
     """Without a kernel: the journal's writer against a log held by plain duckdb."""
-    from nbdurable import journal, records
-    from nbdurable.logdb import LogDB
+    from nbdurable.store import journal, records
+    from nbdurable.store.logdb import LogDB
 
     db = LogDB(tmp_path / "log.duckdb", lock_timeout=0.3)
     with db.lease():

@@ -8,9 +8,10 @@ import sys
 import textwrap
 import time
 
-from nbdurable import journal, records
-from nbdurable.logdb import LogDB
 from kernels import Kernel
+
+from nbdurable.store import journal, records
+from nbdurable.store.logdb import LogDB
 
 LOAD = "%load_ext nbdurable"
 
@@ -56,8 +57,8 @@ def test_a_dead_process_journal_is_moved_into_the_log(tmp_path):
     code = textwrap.dedent(f"""
         import os, signal, sys
         from pathlib import Path
-        from nbdurable import journal, records
-        from nbdurable.logdb import LogDB
+        from nbdurable.store import journal, records
+        from nbdurable.store.logdb import LogDB
         a = records.Attempt("r", "crashy", 1, "running", "h", {{}}, records.now())
         j = journal.Journal(LogDB(Path({str(log_path)!r})))
         j.append([records.attempt_started(a, source="boom", forced=False, reason=None)[1]])
@@ -79,6 +80,28 @@ def test_a_dead_process_journal_is_moved_into_the_log(tmp_path):
     assert list((tmp_path / "log.duckdb.journal").glob("*.jsonl")) == []
 
 
+def test_a_dead_process_journal_is_found_dead_on_a_host_whose_name_has_a_dash(tmp_path,
+                                                                             monkeypatch):
+    """Journal file names carry the host as a token ("-" is their separator): a host named like
+    JupyterHub's ``jupyter-alice`` must still see its own dead processes' journals as dead."""
+    from nbdurable import processes
+
+    monkeypatch.setattr(processes, "HOST", "jupyter-alice")
+    monkeypatch.setattr(processes, "HOST_TOKEN", "jupyter_alice")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = processes.start_time(child.pid)
+    child.kill()
+    child.wait()
+    directory = tmp_path / "log.duckdb.journal"
+    directory.mkdir()
+    dead = directory / f"jupyter_alice-{child.pid}-{started}.jsonl"
+    dead.write_bytes(b"")
+    other = directory / f"elsewhere-{child.pid}-{started}.jsonl"  # another machine: unknown
+    other.write_bytes(b"")
+    seen = journal.look(tmp_path / "log.duckdb")
+    assert seen.dead == [dead]
+
+
 def test_a_process_that_dies_while_the_journals_are_read_loses_nothing(tmp_path, monkeypatch):
     """The journal's owner is SIGKILLed right after its liveness was judged (as a resumed
     kernel may see an orphan that is being ended): its rows are pending, then recovered; judged
@@ -89,8 +112,8 @@ def test_a_process_that_dies_while_the_journals_are_read_loses_nothing(tmp_path,
     code = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from nbdurable import journal, records
-        from nbdurable.logdb import LogDB
+        from nbdurable.store import journal, records
+        from nbdurable.store.logdb import LogDB
         a = records.Attempt("r", "one", 1, "running", "h", {{}}, records.now())
         j = journal.Journal(LogDB(Path({str(log_path)!r})))
         j.append([records.attempt_started(a, source="x", forced=False, reason=None)[1]],

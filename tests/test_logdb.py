@@ -11,8 +11,8 @@ import gc
 import multiprocessing
 import os
 import queue
-import re
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,10 +25,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from nbdurable import schema
-from nbdurable.errors import (LogBusyError, LogCorruptError, LogError, LogVersionError,
-                              NotALogError, UsageError)
-from nbdurable.logdb import LogDB, open_log
+from nbdurable.errors import (
+    LogBusyError,
+    LogCorruptError,
+    LogError,
+    LogVersionError,
+    NotALogError,
+    UsageError,
+)
+from nbdurable.store import schema
+from nbdurable.store.logdb import LogDB, open_log
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,7 +73,8 @@ class Worker:
             try:
                 line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"worker {self.proc.pid} did not say {word!r} within {timeout} s") from None
+                raise AssertionError(f"worker {self.proc.pid} did not say {word!r} "
+                                     f"within {timeout} s") from None
             if line is None:
                 raise AssertionError(f"worker exited ({self.proc.wait()}) before {word!r}: {self.errors()}")
             if line.split()[:1] == [word]:
@@ -160,10 +167,11 @@ def snapshot(path: Path) -> tuple[bytes, int, list[str]]:
 
 HOLDER = """
     import os, sys
-    from nbdurable.logdb import LogDB
+    from nbdurable.store.logdb import LogDB
     db = LogDB(sys.argv[1], linger=float(sys.argv[2]))
     with db.transaction() as conn:
-        conn.execute("INSERT INTO events VALUES ('holder', '0', 0, 'test', now(), CAST(? AS VARCHAR), NULL)", [os.getpid()])
+        conn.execute("INSERT INTO events VALUES ('holder', '0', 0, 'test', now(), "
+                     "CAST(? AS VARCHAR), NULL)", [os.getpid()])
         print("inside", os.getpid(), flush=True)
         sys.stdin.readline()
     print("committed", flush=True)
@@ -173,14 +181,15 @@ HOLDER = """
 
 WRITER = """
     import os, sys
-    from nbdurable.logdb import LogDB
+    from nbdurable.store.logdb import LogDB
     path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     db = LogDB(path)
     print("ready", flush=True)
     sys.stdin.readline()
     for j in range(n):
         with db.transaction() as conn:
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, 'test', now(), CAST(? AS VARCHAR), NULL)", [name, str(j), j, os.getpid()])
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, 'test', now(), CAST(? AS VARCHAR), NULL)",
+                         [name, str(j), j, os.getpid()])
     db.close()
     print("done", flush=True)
 """
@@ -336,7 +345,7 @@ def test_dropped_logdb_gives_the_lease_back(log):
 
 EXITS_LINGERING = """
     import sys
-    from nbdurable.logdb import LogDB
+    from nbdurable.store.logdb import LogDB
     db = LogDB(sys.argv[1], linger=60)
     with db.transaction() as conn:
         conn.execute("INSERT INTO events VALUES ('exit', '0', 0, 'test', now(), CAST(0 AS VARCHAR), NULL)")
@@ -411,7 +420,8 @@ def _duck_magic_garbage(path: Path) -> None:
 def _newer_schema(path: Path) -> None:
     create(path)
     conn = duckdb.connect(str(path))
-    conn.execute("UPDATE nbdurable_meta SET value = ? WHERE key = 'schema_version'", [str(schema.SCHEMA_VERSION + 1)])
+    conn.execute("UPDATE nbdurable_meta SET value = ? WHERE key = 'schema_version'",
+                 [str(schema.SCHEMA_VERSION + 1)])
     conn.close()
 
 
@@ -559,13 +569,14 @@ def test_waiter_makes_a_lingering_holder_release(log, workers):
 
 BURST = """
     import os, sys, time
-    from nbdurable.logdb import LogDB
+    from nbdurable.store.logdb import LogDB
     path, stop = sys.argv[1], sys.argv[2]
     db = LogDB(path, linger=60)  # only the waiter signal makes it let go
     n, end = 0, time.monotonic() + 5
     while time.monotonic() < end and not os.path.exists(stop):
         with db.transaction() as conn:
-            conn.execute("INSERT INTO events VALUES ('burst', ?, ?, 'test', now(), CAST(? AS VARCHAR), NULL)", [str(n), n, os.getpid()])
+            conn.execute("INSERT INTO events VALUES ('burst', ?, ?, 'test', now(), "
+                         "CAST(? AS VARCHAR), NULL)", [str(n), n, os.getpid()])
         n += 1
         if n == 1:
             print("looping", flush=True)
@@ -599,20 +610,22 @@ def test_waiter_gets_in_while_holder_loops(log, tmp_path, workers):
 
 KILLED = """
     import os, sys
-    from nbdurable.logdb import LogDB
+    from nbdurable.store.logdb import LogDB
     db = LogDB(sys.argv[1])
     for j in range(5):
         with db.transaction() as conn:
-            conn.execute("INSERT INTO events VALUES ('committed', ?, ?, 'test', now(), CAST(? AS VARCHAR), NULL)", [str(j), j, os.getpid()])
+            conn.execute("INSERT INTO events VALUES ('committed', ?, ?, 'test', now(), "
+                         "CAST(? AS VARCHAR), NULL)", [str(j), j, os.getpid()])
     with db.transaction() as conn:
-        conn.execute("INSERT INTO events SELECT 'uncommitted', range::VARCHAR, range, 'test', now(), '0', NULL FROM range(50000)")
+        conn.execute("INSERT INTO events SELECT 'uncommitted', range::VARCHAR, range, 'test', now(), "
+                     "'0', NULL FROM range(50000)")
         print("inside", flush=True)
         sys.stdin.readline()
 """
 
 CHECK = """
     import json, sys
-    from nbdurable.logdb import LogDB
+    from nbdurable.store.logdb import LogDB
     db = LogDB(sys.argv[1], lock_timeout=10)
     with db.transaction() as conn:
         found = conn.execute("SELECT run, count(*) FROM events GROUP BY run ORDER BY run").fetchall()
@@ -721,7 +734,7 @@ def test_an_interrupt_during_a_query_is_a_keyboard_interrupt(tmp_path):
     own; the log turns it into the KeyboardInterrupt users expect, and the log stays usable."""
     script = textwrap.dedent(f"""
         import sys, threading, time
-        from nbdurable.logdb import open_log
+        from nbdurable.store.logdb import open_log
         log = open_log({str(tmp_path / 'log.duckdb')!r})
         main = threading.main_thread().ident
         QUERY_LINE = None

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import nbformat
+from kernels import kernel_env, run_notebook
 
 import nbdurable
 from nbdurable.errors import UnknownRunError
-from kernels import kernel_env, run_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 

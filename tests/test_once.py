@@ -8,11 +8,11 @@ import sys
 import textwrap
 
 import pytest
+from kernels import count
 
 import nbdurable
 from nbdurable import settings
 from nbdurable.errors import OnceInDoubtError, UsageError
-from kernels import count
 
 
 @pytest.fixture

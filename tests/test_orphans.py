@@ -21,10 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from kernels import wait_for_file
-import nbdurable as nbdurable_lib
 from test_batch import TIMEOUT, clean_env, effect, effects, write_notebook
+
+import nbdurable as nbdurable_lib
 
 SLOW = ("%%durable slow\nimport ctypes, os, pathlib, signal, time\n" + effect("slow")
         + "open('starts', 'a').write(f'{time.time()}\\n')\n"

@@ -14,7 +14,6 @@ import time
 import uuid
 
 import pytest
-
 from kernels import Kernel
 
 TIMEOUT = 30.0

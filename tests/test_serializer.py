@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbdurable import serializer
+from nbdurable.engine import serializer
 
 
 def roundtrip(value, ns=None, via_file=False):
@@ -131,7 +131,7 @@ def test_notebook_definitions_fingerprint_the_same_in_every_process():
     import subprocess
     import sys
 
-    script = ("import sys, json\nfrom nbdurable.fingerprint import fingerprint\n"
+    script = ("import sys, json\nfrom nbdurable.engine.fingerprint import fingerprint\n"
               "ns = sys.modules['__main__'].__dict__\n"
               f"exec({DEFINITIONS!r}, ns)\n"
               "print(json.dumps({k: fingerprint(v, ns)[0] for k, v in ns['values'].items()}))")
@@ -159,10 +159,30 @@ def test_restored_instances_belong_to_the_live_class_of_the_same_definition():
 
 
 def test_pickling_instances_does_not_change_the_class_fingerprint():
-    from nbdurable.fingerprint import fingerprint
+    from nbdurable.engine.fingerprint import fingerprint
 
     ns = {"__name__": "__main__"}
     exec(DEFINITIONS, ns)
     before = fingerprint(ns["Item"], ns)[0]
     serializer.pack(ns["values"]["items"], main_globals=ns)  # caches __slotnames__ on Item
     assert fingerprint(ns["Item"], ns)[0] == before
+
+
+def test_a_value_pickled_by_0_1_names_its_old_module_and_still_loads(monkeypatch):
+    import importlib
+    import sys
+
+    from nbdurable.engine import waits
+
+    # Pickle a WaitResult as nbdurable 0.1 did, under its old module `nbdurable.waits`.
+    monkeypatch.setitem(sys.modules, "nbdurable.waits", waits)
+    for cls in (waits.WaitResult, waits.Event):
+        monkeypatch.setattr(cls, "__module__", "nbdurable.waits")
+    data = serializer.pack(waits.WaitResult(1, waits.Event("go"), {"by": "ann"})).to_bytes()
+    assert b"nbdurable.waits" in data and b"nbdurable.engine.waits" not in data
+    monkeypatch.undo()
+    assert "nbdurable.waits" not in sys.modules
+    back = serializer.unpack_bytes(data)
+    assert type(back) is waits.WaitResult and back.payload == {"by": "ann"}
+    for new in serializer.MOVED_MODULES.values():  # every old name leads somewhere real
+        importlib.import_module(new)

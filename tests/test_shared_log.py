@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import duckdb
-
 from kernels import Kernel, count, kernel_env
 
 LOAD = "%load_ext nbdurable"
@@ -28,7 +27,7 @@ def test_two_kernels_interleave_durable_cells_on_one_log(tmp_path):
             f"v{i} = {i} * 2\nprint('{run}', v{i})") for i in range(n)]
             for run, k in kernels.items()}
         for run, k in kernels.items():
-            for msg_id in sent[run]:
+            for _ in sent[run]:
                 reply = k.kc.get_shell_msg(timeout=120)
                 assert reply["content"]["status"] == "ok", reply["content"]
         script = textwrap.dedent(f"""
@@ -41,7 +40,7 @@ def test_two_kernels_interleave_durable_cells_on_one_log(tmp_path):
                              timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == str({"left": n, "right": n})
-        for run, k in kernels.items():
+        for k in kernels.values():
             assert k.execute(f"print(v{n - 1})").stream() == f"{(n - 1) * 2}\n"
     finally:
         for k in kernels.values():

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from kernels import Kernel, kernel_env
 
 LOAD = "%load_ext nbdurable"
@@ -80,7 +79,7 @@ def test_a_hostile_pickle_in_a_blob_never_runs(tmp_path):
     first_run(tmp_path)
     [blob] = blobs(tmp_path)
     marker = tmp_path / "pwned"
-    from nbdurable import serializer
+    from nbdurable.engine import serializer
 
     blob.write_bytes(serializer.pack(Evil(marker)).to_bytes())
     note, printed = rerun(tmp_path)
@@ -128,6 +127,49 @@ def test_an_edited_inline_value_is_never_loaded(tmp_path):
         note = k.execute(cell).notices()[0]
         assert note["kind"] == "executing" and "signature" in note["reason"]
         assert k.execute("print(secret)").stream() == "original\n"
+
+
+def damage_framing_then_trust(work: Path, kind: str) -> None:
+    """Break the header of the one inline value in the ``kind`` row, then `nbdurable trust`
+    the log (a person reviewed it): its bytes are signed again, damaged."""
+    con = duckdb.connect(str(work / "log.duckdb"))
+    try:
+        [(data,)] = con.execute("SELECT data FROM events WHERE kind = ?", [kind]).fetchall()
+        assert data.count(b"NBD1") == 1  # the value's header; outputs are JSON
+        con.execute("UPDATE events SET data = ? WHERE kind = ?",
+                    [data.replace(b"NBD1", b"NBD0"), kind])
+    finally:
+        con.close()
+    out = subprocess.run([sys.executable, "-m", "nbdurable.cli", "trust", str(work / "log.duckdb"),
+                          "--run", "test-run"], env=kernel_env(work), capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_damaged_inline_value_even_once_trusted_is_refused_not_raised(tmp_path):
+    """Its bytes are signed (someone ran `nbdurable trust` on them) but their framing is
+    damaged: the step executes again and says why, instead of failing with a bare ValueError."""
+    cell = "%%durable s\nopen('effects.log', 'a').write('s\\n')\nsecret = 'original'\n"
+    first_run(tmp_path, cell)
+    damage_framing_then_trust(tmp_path, "attempt_finished")
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        reply = k.execute(cell)
+        note = reply.notices()[0]
+        assert reply.status == "ok", reply.evalue
+        assert note["kind"] == "executing" and "damaged" in note["reason"], note
+        assert k.execute("print(secret)").stream() == "original\n"
+    assert runs(tmp_path) == 2
+
+
+def test_a_once_whose_trusted_result_is_damaged_is_in_doubt(tmp_path):
+    call = "import nbdurable\nreceipt = nbdurable.once('email', lambda: 'sent-42')"
+    with Kernel(tmp_path) as k:
+        assert k.execute(call).status == "ok"
+    damage_framing_then_trust(tmp_path, "once_finished")
+    with Kernel(tmp_path) as k:
+        again = k.execute(call)
+    assert again.ename == "OnceInDoubtError" and "damaged" in again.evalue, again.evalue
 
 
 def test_a_log_signed_with_another_secret_is_not_trusted(tmp_path):

@@ -14,13 +14,14 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-import nbdurable
-from nbdurable import journal, records, schema, settings, spool
-import nbdurable.logdb
-from nbdurable.errors import UnknownRunError
 from foreign import held
 from kernels import Kernel, wait_for_file
+
+import nbdurable
+import nbdurable.store.logdb
+from nbdurable import settings
+from nbdurable.errors import UnknownRunError
+from nbdurable.store import journal, records, schema, spool
 
 TIMEOUT = 60
 
@@ -177,7 +178,7 @@ def test_gc_removes_what_dead_pushers_left_and_old_quarantine(log):
 def test_a_log_created_anew_at_the_same_path_knows_no_run(log):
     nbdurable.push_event("k", 1)
     assert spool.known(log, "r1")
-    nbdurable.logdb.open_log(log).close()
+    nbdurable.store.logdb.open_log(log).close()
     for path in log.parent.glob("log.duckdb*"):
         if path.is_file() and path.suffix != ".spool":
             path.unlink()

@@ -9,11 +9,11 @@ import textwrap
 import time
 
 import pytest
+from kernels import Kernel, count, wait_for_file
 
 import nbdurable
 from nbdurable import settings
 from nbdurable.errors import UnknownRunError, UsageError, WaitTimeout
-from kernels import Kernel, count, wait_for_file
 
 LOAD = "%load_ext nbdurable"
 
@@ -50,7 +50,7 @@ def test_a_log_replaced_at_the_same_path_is_read_from_its_start(log):
     same path (deleted and created again) must not hide its events below that place."""
     import shutil
 
-    from nbdurable.logdb import open_log
+    from nbdurable.store.logdb import open_log
 
     for i in range(6):
         nbdurable.push_event("k", i)
@@ -138,7 +138,7 @@ def test_wait_all_after_its_sleep_passed_polls_instead_of_spinning(log, monkeypa
     loop (it was ~400 per second)."""
     import threading
 
-    from nbdurable import waits
+    from nbdurable.engine import waits
 
     looks = []
     real = waits.Wait.try_complete

@@ -8,7 +8,6 @@ import textwrap
 import time
 
 import pytest
-
 from kernels import Kernel, wait_for_file
 
 LOAD = "%load_ext nbdurable"

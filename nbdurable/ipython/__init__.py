@@ -1,5 +1,5 @@
 """The IPython adapter: magics, transformers, output capture and replay display."""
 
-from .extension import load, runtime_of, unload
+from nbdurable.ipython.extension import load, runtime_of, unload
 
 __all__ = ["load", "unload", "runtime_of"]

@@ -51,7 +51,7 @@ class OutputRecorder:
 
     def start(self) -> None:
         session = self.kernel.session
-        self._parent_id = _msg_id(_current_parent(self.kernel))
+        self._parent_id = _msg_id(current_parent(self.kernel))
         self._previous = session.__dict__.get("send", _MISSING)
         self._original = session.send
         original = self._original
@@ -145,13 +145,15 @@ def _has_pending_output(stream) -> bool:
             or getattr(stream, "_subprocess_flush_pending", False))
 
 
-def _current_parent(kernel) -> dict:
+def current_parent(kernel) -> dict:
+    """The header of the shell message being handled: ``get_parent("shell")`` on ipykernel 6.29
+    and 7, ``get_parent()`` before, ``_parent_header`` on kernels without either."""
     get_parent = getattr(kernel, "get_parent", None)
     if get_parent is not None:
         try:
-            return get_parent("shell")
+            return get_parent("shell") or {}
         except TypeError:
-            return get_parent()
+            return get_parent() or {}
     return getattr(kernel, "_parent_header", {}) or {}
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import weakref
 
-from .magics import DurableMagics
-from .runtime import KernelRuntime
-from .transform import MARKER, RUNTIME, AstTransformer, InputTransformer
+from nbdurable.ipython.magics import DurableMagics
+from nbdurable.ipython.runtime import KernelRuntime
+from nbdurable.ipython.transform import MARKER, RUNTIME, AstTransformer, InputTransformer
 
 _runtimes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _EVENTS = ("pre_execute", "pre_run_cell", "post_execute")
@@ -30,8 +30,8 @@ def load(shell) -> KernelRuntime:
         shell.events.register(event, getattr(runtime, event))
     runtime.inject()
     if getattr(shell, "kernel", None) is not None:
-        from .. import waits
-        from . import panel, pump
+        from nbdurable.engine import waits
+        from nbdurable.ipython import panel, pump
 
         waits.set_ui(panel.WaitPanel)
         pump.watch_comms(shell.kernel, panel.registry)
@@ -44,8 +44,8 @@ def unload(shell) -> None:
     if runtime is None:
         return
     runtime.engine.close()
-    from .. import waits
-    from . import pump
+    from nbdurable.engine import waits
+    from nbdurable.ipython import pump
 
     waits.set_ui(None)
     if getattr(shell, "kernel", None) is not None:

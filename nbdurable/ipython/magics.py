@@ -6,7 +6,7 @@ import ast
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from .. import settings
+from nbdurable import settings
 
 
 @magics_class

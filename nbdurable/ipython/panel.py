@@ -17,8 +17,9 @@ import threading
 import time
 from typing import Any
 
-from .. import events
-from .pump import CommRegistry, ShellPump
+from nbdurable.engine import events
+from nbdurable.ipython import capture
+from nbdurable.ipython.pump import CommRegistry, ShellPump
 
 _COUNTDOWN_EVERY = 1.0  # seconds between two updates of the countdown
 
@@ -26,12 +27,10 @@ _COUNTDOWN_EVERY = 1.0  # seconds between two updates of the countdown
 def _parent_msg_id(kernel) -> str | None:
     """The id of the message being handled (a click's comm_msg), for an idempotent push."""
     try:
-        parent = kernel.get_parent("shell") if kernel is not None else None
-    except TypeError:
-        parent = kernel.get_parent()
+        parent = capture.current_parent(kernel) if kernel is not None else {}
     except Exception:
         return None
-    return ((parent or {}).get("header") or {}).get("msg_id")
+    return (parent.get("header") or {}).get("msg_id")
 
 
 class _EventControls:
@@ -41,7 +40,7 @@ class _EventControls:
                  payload: Any = None, field: bool, on_error=None):
         import ipywidgets as w
 
-        from .. import context
+        from nbdurable.engine import context
 
         self.key = key
         self.log, self.run = context.locate(run, log)
@@ -89,7 +88,7 @@ class _EventControls:
 
 
 class WaitPanel:
-    """The UI of one wait (installed with :func:`nbdurable.waits.set_ui`)."""
+    """The UI of one wait (installed with :func:`nbdurable.engine.waits.set_ui`)."""
 
     def __init__(self, wait):
         import ipywidgets as w
@@ -118,7 +117,7 @@ class WaitPanel:
         text = f"⏳ waiting for {self.wait.describe()}"
         deadline = self.wait.next_deadline()
         if deadline is not None:
-            from ..records import now as utcnow
+            from nbdurable.store.records import now as utcnow
 
             left = max(0, int((deadline - utcnow()).total_seconds()))
             text += f" — {left // 3600:d}:{left % 3600 // 60:02d}:{left % 60:02d} left"

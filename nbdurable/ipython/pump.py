@@ -58,7 +58,7 @@ from typing import Any
 
 import zmq
 
-from .. import interrupts
+from nbdurable import interrupts
 
 __all__ = ["CommRegistry", "ShellPump", "dispatching", "unwatch_comms", "watch_comms"]
 

@@ -13,11 +13,11 @@ import re
 import sys
 from typing import Any
 
-from ..analysis import analyse
-from ..engine import CellSpec, Decision, Engine, Execution
-from ..errors import CheckpointError, NbdurableError, UsageError
-from . import capture
-from .transform import MARKER, RUNTIME, Requests, raise_for
+from nbdurable.engine.analysis import analyse
+from nbdurable.engine.cells import CellSpec, Decision, Engine, Execution
+from nbdurable.errors import CheckpointError, NbdurableError, UsageError
+from nbdurable.ipython import capture
+from nbdurable.ipython.transform import MARKER, RUNTIME, Requests, raise_for
 
 _IPYTHON_NAMES = re.compile(r"^_(|_|__|i|ii|iii|i\d+|\d+|ih|oh|dh)$")
 #: Line magics that cannot change the namespace's values.
@@ -71,11 +71,8 @@ class KernelRuntime:
         return result
 
     def _replay(self, decision: Decision) -> bool:
-        try:
-            replayed = self.engine.replay(decision)
-        except Exception as exc:  # an unreadable checkpoint must not block the notebook
-            decision.replay = False
-            decision.reason = f"its checkpoint could not be restored: {_one_line(exc)}"
+        replayed = self.engine.try_replay(decision)
+        if replayed is None:
             return False
         cp = replayed.checkpoint
         when = f"{cp.finished_at:%Y-%m-%d %H:%M:%S}"
@@ -102,14 +99,9 @@ class KernelRuntime:
         """Is the kernel handling an execute request? The ``comm`` package fires pre/post_execute
         around each widget message too, also while a durable cell waits: those are not ends of
         cells."""
-        get_parent = getattr(self.kernel, "get_parent", None)
-        if get_parent is None:
+        if getattr(self.kernel, "get_parent", None) is None:
             return True
-        try:
-            parent = get_parent("shell")
-        except TypeError:
-            parent = get_parent()
-        msg_type = ((parent or {}).get("header") or {}).get("msg_type")
+        msg_type = (capture.current_parent(self.kernel).get("header") or {}).get("msg_type")
         return msg_type in (None, "execute_request")
 
     def pre_execute(self) -> None:
@@ -199,11 +191,6 @@ def _exception_info() -> dict | None:
     if exc is None:
         return None
     return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
 
 
 def _duration(seconds: float | None) -> str:

@@ -47,12 +47,12 @@ from pathlib import Path
 
 import xxhash
 
-from . import files, schema
-from .errors import CheckpointError
-from .processes import HOST as _HOSTNAME
-from .processes import ProcessId, start_time
+from nbdurable import processes
+from nbdurable.errors import CheckpointError, JournalDamageWarning, first_line
+from nbdurable.processes import ProcessId, start_time
+from nbdurable.store import files, schema
+from nbdurable.store.sidecars import Sidecars
 
-HOST = _HOSTNAME.replace("-", "_") or "localhost"
 #: An event row as in the ``events`` table: run, step, attempt, kind, ts, body, data.
 Row = list
 _RECOVER = ("INSERT INTO events SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM"
@@ -63,14 +63,6 @@ _BATCH_WINDOW = 0.05  # seconds the writer waits for more attempts to insert tog
 _RETRY_FIRST, _RETRY_CAP = 0.2, 10.0  # backoff of a batch that did not reach the log
 _KINDS = frozenset(v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str)
                    and k not in ("FORMAT", "ATTEMPTS_SELECT", "RUNS_SELECT"))
-
-
-class JournalDamageWarning(UserWarning):
-    """Lines of a journal were damaged; they were set aside, the rest was used."""
-
-
-class LogHeldWarning(UserWarning):
-    """Checkpoints are safe in this process's journal but cannot reach the log yet."""
 
 
 # -- lines --------------------------------------------------------------------------------------
@@ -152,9 +144,9 @@ class Journal:
 
     def __init__(self, log):
         self.log = log
-        self.dir = Path(f"{log.path}.journal")
+        self.dir = Sidecars.of(log.path).journal
         self.pid = os.getpid()
-        self.path = self.dir / f"{HOST}-{self.pid}-{start_time(self.pid) or 0}.jsonl"
+        self.path = self.dir / f"{processes.HOST_TOKEN}-{self.pid}-{start_time(self.pid) or 0}.jsonl"
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._written = 0  # bytes appended
@@ -249,7 +241,7 @@ class Journal:
             return False
 
     def _insert(self, pending: list, *, again: bool) -> bool:
-        from .records import combine_rows
+        from nbdurable.store.records import combine_rows
 
         rows = [r for batch, _ in pending for r in batch]
         try:
@@ -260,7 +252,7 @@ class Journal:
             else:
                 self.log.execute(*combine_rows(rows), announce=False)
         except Exception as exc:  # the log is held, full or damaged: the rows stay here
-            self._stalled = _first_line(exc)
+            self._stalled = first_line(exc)
             return False
         return True
 
@@ -293,16 +285,13 @@ def _identity(row: Row) -> tuple:
     return tuple(row[:5])  # run, step, attempt, kind, ts
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 # -- every journal beside a log -------------------------------------------------------------------
 
 def _owner(path: Path) -> ProcessId | None:
     try:
         host, pid, started = path.stem.rsplit("-", 2)
+        if host == processes.HOST_TOKEN:  # this host, whose name may hold a "-"
+            host = processes.HOST
         return ProcessId(int(pid), host, int(started) or None)
     except ValueError:
         return None
@@ -310,13 +299,13 @@ def _owner(path: Path) -> ProcessId | None:
 
 def _journals(log_path: Path):
     """(path, alive) of each journal beside the log; alive is None for another host."""
-    directory = Path(f"{log_path}.journal")
+    directory = Sidecars.of(log_path).journal
     if not directory.is_dir():
         return
     for path in directory.glob("*.jsonl"):
         owner = _owner(path)
         if owner is not None:
-            alive = owner.alive() if owner.host == HOST else None
+            alive = owner.alive() if owner.local else None
             yield path, alive
 
 

@@ -16,10 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import journal, records, schema, spool
-from .blobs import TMP_PREFIX
-from .processes import ProcessId
-from .reports import resolve_log
+from nbdurable.engine.context import resolve_log
+from nbdurable.processes import ProcessId
+from nbdurable.store import journal, queries, records, schema, spool
+from nbdurable.store.blobs import TMP_PREFIX
+from nbdurable.store.sidecars import Sidecars
 
 BLOB_MIN_AGE = 3600.0
 QUARANTINE_MAX_AGE = 30 * 86400.0
@@ -51,14 +52,13 @@ def gc(*, log=None, dry_run: bool = False) -> GcResult:
     """Remove unreferenced blobs, dead processes' temporary files and old quarantine files."""
     db = resolve_log(log)
     with db.lease() as con:  # journals are read after the log: a reference can only be newer
-        rows = con.execute("SELECT body, data FROM events WHERE kind IN (?, ?, ?)",
-                           [schema.ATTEMPT_FINISHED, schema.CALL_COMPLETED,
-                            schema.ONCE_FINISHED]).fetchall()
-    used = {ref.hash for body, data in rows for ref in _refs(body, data)}
+        rows = queries.value_rows(con, (schema.ATTEMPT_FINISHED, schema.CALL_COMPLETED,
+                                        schema.ONCE_FINISHED))
+    used = {ref.hash for row in rows for ref in _refs(row.body, row.data)}
     used |= {ref.hash for row in _journal_rows(db.path) for ref in _refs(row[5], row[6])}
     result = GcResult(str(db.path), dry_run)
     now = time.time()
-    for path in _files(Path(f"{db.path}.blobs")):
+    for path in _files(Sidecars.of(db.path).blobs):
         if path.name.startswith(TMP_PREFIX):
             continue
         if path.name not in used and now - path.stat().st_mtime > BLOB_MIN_AGE:
@@ -79,7 +79,7 @@ def _refs(body: str, data: bytes | None) -> list:
 
 
 def _journal_rows(log_path: Path) -> list:
-    directory = Path(f"{log_path}.journal")
+    directory = Sidecars.of(log_path).journal
     return [row for path in directory.glob("*.jsonl") for row in journal.read(path).rows] \
         if directory.is_dir() else []
 
@@ -89,13 +89,13 @@ def _files(root: Path):
 
 
 def _quarantined(log_path: Path):
-    for folder in (Path(f"{log_path}.journal"), spool.folder(log_path)):
+    for folder in (Sidecars.of(log_path).journal, spool.folder(log_path)):
         yield from _files(folder / "quarantine")
 
 
 def _temporary(log_path: Path):
     """Files named ``….tmp-<pid>…`` beside the log whose process is gone."""
-    places = [*_files(Path(f"{log_path}.blobs")), *_files(Path(f"{log_path}.index")),
+    places = [*_files(Sidecars.of(log_path).blobs), *_files(Sidecars.of(log_path).index),
               *spool.folder(log_path).glob(".tmp-*"),
               *log_path.parent.glob(f"{log_path.name}.tmp-*")]
     for path in places:

@@ -18,7 +18,7 @@ from typing import Any
 class StepContext:
     """What ``@step`` calls need to know about the durable cell around them."""
 
-    log: Any  # nbdurable.logdb.LogDB
+    log: Any  # nbdurable.store.logdb.LogDB
     run: str
     step: str
     attempt: int
@@ -90,16 +90,25 @@ def main_namespace() -> dict | None:
 def locate(run: str | None = None, log=None) -> tuple[Any, str]:
     """The log and run to use: given ones, else the active step's, else the configured ones
     (``NBDURABLE_LOG`` / ``NBDURABLE_RUN`` / ``configure`` / the notebook's identity)."""
-    from . import settings
-    from .logdb import open_log
+    from nbdurable import settings
 
     ctx = current()
-    if log is None:
-        log = ctx.log if ctx is not None else open_log(settings.log_path())
-    elif not hasattr(log, "transaction"):
-        log = open_log(settings.check_log_arg(log))
+    log = ctx.log if log is None and ctx is not None else resolve_log(log)
     if run is None:
         run = ctx.run if ctx is not None else settings.run_id(main_namespace())
     else:
         run = settings.check_run_id(run)
     return log, run
+
+
+def resolve_log(log=None):
+    """The log to use: an open one as given, a path given (``log=``, ``--log``), else the
+    configured one (``configure(log=)`` > ``NBDURABLE_LOG`` > ``.nbdurable/log.duckdb``)."""
+    from nbdurable import settings
+    from nbdurable.store.logdb import open_log
+
+    if log is None:
+        return open_log(settings.log_path())
+    if hasattr(log, "transaction"):
+        return log
+    return open_log(settings.check_log_arg(log))

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from . import journal, records, runstate, schema, settings
-from .errors import UnknownRunError, UsageError
-from .logdb import open_log
+from nbdurable import settings
+from nbdurable.engine.context import resolve_log
+from nbdurable.engine.events import list_events
+from nbdurable.engine.waits import describe_outcome, describe_spec
+from nbdurable.errors import UsageError
+from nbdurable.processes import ProcessId
+from nbdurable.store import queries, records, runstate, schema
+from nbdurable.store.runs import require_run
 
 
 def history(run: str | None = None, *, log=None, all_runs: bool = False):
@@ -19,14 +24,9 @@ def history(run: str | None = None, *, log=None, all_runs: bool = False):
     interrupted; an attempt left ``running`` by a dead kernel stays so.
     """
     db = resolve_log(log)
-    if not all_runs:
-        run = run or settings.run_id(_main_namespace())
-    where, params = ("", []) if all_runs else ("WHERE run = ?", [run])
+    run = None if all_runs else run or settings.run_id(_main_namespace())
     with db.lease() as con:
-        events = events_relation(con, db, None if all_runs else run)
-        sql = records.HISTORY_SQL.format(attempts=schema.ATTEMPTS_SELECT.format(events=events),
-                                         where=where)
-        return con.execute(sql, params).df()
+        return queries.history(con, queries.with_journals(con, db, run), run)
 
 
 def sql(query: str, *, log=None):
@@ -34,50 +34,12 @@ def sql(query: str, *, log=None):
     lease, so no one has to hold the file open with the ``duckdb`` CLI meanwhile; a DataFrame.
     The table is ``events``; the views are ``attempts`` and ``runs``. Events still in running
     kernels' journals are not in the file yet (``history()`` and ``runs()`` include them)."""
-    import duckdb
-
     if not isinstance(query, str) or not query.strip():
         raise UsageError("sql() needs a SELECT statement, e.g. \"SELECT kind, count(*) FROM "
                          "events GROUP BY kind\"")
     db = resolve_log(log)
     with db.lease() as con:
-        try:
-            statements = con.extract_statements(query)
-        except duckdb.Error as exc:
-            raise UsageError(f"the query does not parse: {_first_line(exc)}") from None
-        kinds = duckdb.StatementType
-        if len(statements) != 1 or statements[0].type not in (kinds.SELECT, kinds.EXPLAIN):
-            raise UsageError("give one SELECT (or EXPLAIN, SUMMARIZE) statement: the log is only "
-                             "ever changed by nbdurable")
-        con.execute("BEGIN TRANSACTION")
-        try:
-            return con.execute(query).df()
-        except duckdb.Error as exc:
-            raise UsageError(f"the query failed: {_first_line(exc)}") from None
-        finally:
-            con.execute("ROLLBACK")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def events_relation(con, db, run: str | None) -> str:
-    """The events of the log, with dead processes' journals moved in and live ones' added."""
-    wrote, pending = journal.gather(con, db.path, run)
-    if wrote:
-        db.announce_write()
-    return _with_pending(con, pending)
-
-
-def _with_pending(con, rows: list) -> str:
-    """A relation of the log's events plus events still in live processes' journals."""
-    if not rows:
-        return "events"
-    con.execute("CREATE OR REPLACE TEMP TABLE nbdurable_pending AS FROM events LIMIT 0")
-    con.executemany("INSERT INTO temp.nbdurable_pending VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    return "(SELECT DISTINCT * FROM (FROM events UNION ALL FROM temp.nbdurable_pending))"
+        return queries.read_only(con, query)
 
 
 def runs(*, log=None):
@@ -88,23 +50,22 @@ def runs(*, log=None):
 
     db = resolve_log(log)
     with db.lease() as con:
-        table = _run_table(con, db, events_relation(con, db, None))
+        table = _run_table(con, db, queries.with_journals(con, db, None))
     return pd.DataFrame.from_records(table, columns=RUNS_COLUMNS)
 
 
 def _run_table(con, db, events: str) -> list[dict]:
     """The rows of :func:`runs`, from an events relation (holding the lease)."""
-    rows = con.execute(records.RUNS_SQL.format(
-        runs=schema.RUNS_SELECT.format(events=events),
-        attempts=schema.ATTEMPTS_SELECT.format(events=events))).fetchall()
     driven = runstate.invocations(con, events)
     table = []
-    for run, notebook, started, last, done, failed, attempts, latest in rows:
-        invocation = driven.get(run)
-        table.append({"run": run, "notebook": (invocation and invocation.notebook) or notebook,
-                      "status": _status(db, run, invocation, latest),
-                      "steps_completed": done, "steps_failed": failed, "started_at": started,
-                      "last_activity": last, "attempts": attempts,
+    for row in queries.run_rows(con, events):
+        invocation = driven.get(row.run)
+        table.append({"run": row.run,
+                      "notebook": (invocation and invocation.notebook) or row.notebook,
+                      "status": _status(db, row.run, invocation, row.latest),
+                      "steps_completed": row.completed, "steps_failed": row.failed,
+                      "started_at": row.created_at, "last_activity": row.last_activity,
+                      "attempts": row.attempts,
                       "parameters": json.dumps(invocation.parameters, default=str)
                       if invocation is not None else None})
     return table
@@ -112,34 +73,21 @@ def _run_table(con, db, events: str) -> list[dict]:
 
 def _status(db, run: str, invocation, latest) -> str:
     """From the latest batch invocation if there is one, else from each step's latest attempt
-    (``latest``: [status, pid, host] per step)."""
+    (``latest``: [status, pid, host, process start time] per step)."""
     if invocation is not None:
         return runstate.driven_status(db.path, run, invocation)
-    return runstate.undriven_status([(status, int(pid) if pid else None, host)
-                                     for status, pid, host in latest or []])
+    return runstate.undriven_status([(status, _process(pid, host, started))
+                                     for status, pid, host, started in latest or []])
+
+
+def _process(pid: str | None, host: str | None, started: str | None) -> ProcessId | None:
+    if not pid:
+        return None
+    return ProcessId(int(pid), host or "", int(started) if started else None)
 
 
 RUNS_COLUMNS = ["run", "notebook", "status", "steps_completed", "steps_failed", "started_at",
                 "last_activity", "attempts", "parameters"]
-
-
-def require_run(con, db, run: str) -> None:
-    """Raise UnknownRunError naming the runs there are, unless ``run`` is in the log."""
-    if con.execute("SELECT 1 FROM events WHERE run = ? LIMIT 1", [run]).fetchone():
-        return
-    if any(r[0] == run for r in journal.live_rows(db.path, run)):
-        return
-    known = [r for (r,) in con.execute("SELECT DISTINCT run FROM events ORDER BY run LIMIT 11")
-             .fetchall()]
-    listed = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none"
-    raise UnknownRunError(f"run {run!r} is not in the log {db.path} (runs there: {listed}); "
-                          "check the run id, or `nbdurable runs` to list them")
-
-
-def resolve_log(log):
-    if log is None:
-        return open_log(settings.log_path())
-    return log if hasattr(log, "transaction") else open_log(settings.Path(log).absolute())
 
 
 def _main_namespace():
@@ -191,23 +139,15 @@ def log(run: str | None = None, *, log=None) -> RunLog:
     """Each step of ``run`` (default: the current run): status (``reset`` when ``nbdurable
     reset`` voided it), attempts, duration of the latest attempt, whether it last executed or
     replayed, its waits and their outcome; and the run's events, pending and consumed."""
-    from .events import list_events
 
     db = resolve_log(log)
     run = settings.check_run_id(run) if run else settings.run_id(_main_namespace())
     with db.lease() as con:
         require_run(con, db, run)
-        events = events_relation(con, db, run)
-        attempts = con.execute(
-            f"SELECT step, attempt, status, started_at, duration_s, error, error_message"
-            f" FROM ({schema.ATTEMPTS_SELECT.format(events=events)}) WHERE run = ?"
-            f" ORDER BY started_at, attempt", [run]).fetchall()
-        replays = dict((step, (n, ts)) for step, n, ts in con.execute(
-            "SELECT step, count(*), max(ts) FROM events WHERE run = ? AND kind = ?"
-            " GROUP BY step", [run, schema.REPLAYED]).fetchall())
-        waits = con.execute("SELECT step, attempt, kind, body FROM events WHERE run = ? AND"
-                            " kind IN (?, ?) ORDER BY rowid",
-                            [run, schema.WAIT_STARTED, schema.WAIT_COMPLETED]).fetchall()
+        events = queries.with_journals(con, db, run)
+        attempts = queries.attempt_lines(con, events, run)
+        replays = queries.replays(con, run)
+        waits = queries.wait_rows(con, run)
         resets = records.run_resets(con, run)
         summary = next(row for row in _run_table(con, db, events) if row["run"] == run)
     pushed = list_events(run, log=db).to_dict("records")
@@ -232,12 +172,9 @@ def _steps(attempts, replays: dict, waits: dict, resets: dict) -> list[dict]:
     return list(steps.values())
 
 
-def _waits(rows) -> dict[str, list[dict]]:
-    from .waits import describe_outcome, describe_spec
-
+def _waits(rows: list[queries.WaitRow]) -> dict[str, list[dict]]:
     found: dict[tuple, dict] = {}
     for step, attempt, kind, body in rows:
-        body = json.loads(body)
         key = (step, attempt, body.get("wait"))
         w = found.setdefault(key, {"wait": body.get("wait"), "attempt": attempt,
                                    "waiting_for": describe_spec(body["spec"]),

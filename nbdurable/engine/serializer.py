@@ -258,17 +258,55 @@ def loading_into(namespace: dict | None):
 
 def unpack_bytes(data: bytes | memoryview) -> Any:
     """Decode a value held in memory (small values stored inline in the log)."""
+    return load_parts(split_bytes(data))
+
+
+def split_bytes(data: bytes | memoryview) -> Parts:
+    """The parts of a value held in memory, not decoded yet; ValueError if its framing is
+    damaged (truncated, bytes past its end, not an nbdurable value)."""
     view = memoryview(data)
+    if len(view) < _HEADER.size:
+        raise ValueError("it is truncated")
     n, stream_len = _parse_header(view[: _HEADER.size])
-    lens = _parse_lens(view[_HEADER.size: _HEADER.size + n * _LEN.size], n)
     pos = _HEADER.size + n * _LEN.size
-    stream = view[pos: pos + stream_len]
+    if pos > len(view):
+        raise ValueError("it is truncated")
+    lens = _parse_lens(view[_HEADER.size: pos], n)
+    expected = pos + stream_len + sum(lens)
+    if expected != len(view):
+        raise ValueError("it is truncated" if expected > len(view) else "it has bytes past its end")
+    stream = bytes(view[pos: pos + stream_len])
     pos += stream_len
     buffers = []
     for length in lens:
         buffers.append(bytearray(view[pos: pos + length]))  # writable, like the original
         pos += length
-    return pickle.loads(stream, buffers=buffers)
+    return Parts(stream, buffers)
+
+
+#: Where modules of nbdurable 0.1 live now: values it pickled (a ``WaitResult``, a ``@step``
+#: function) name the old module, and must load unchanged.
+MOVED_MODULES = {
+    **{f"nbdurable.{m}": f"nbdurable.store.{m}" for m in (
+        "logdb", "journal", "blobs", "runindex", "spool", "schema", "files", "records",
+        "runstate", "claims", "signing")},
+    **{f"nbdurable.{m}": f"nbdurable.engine.{m}" for m in (
+        "analysis", "fingerprint", "serializer", "steps", "waits", "events", "context",
+        "reports", "resets", "cleanup", "trusts")},
+    "nbdurable.engine": "nbdurable.engine.cells",
+    "nbdurable.objects": "nbdurable.engine.values",
+    "nbdurable.batch": "nbdurable.batch.runner",
+    "nbdurable.papermill_engine": "nbdurable.batch.papermill_engine",
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
+def _loads(stream, buffers) -> Any:
+    return _Unpickler(io.BytesIO(stream), buffers=buffers).load()
 
 
 @dataclass
@@ -319,7 +357,7 @@ def _read_buffer(f: BinaryIO, length: int, on_piece: Callable[[Any], None]) -> b
 
 def load_parts(parts: Parts) -> Any:
     """Decode what :func:`read_parts` read (unpickles: check it first)."""
-    return pickle.loads(parts.stream, buffers=parts.buffers)
+    return _loads(parts.stream, parts.buffers)
 
 
 def unpack_file(f: BinaryIO) -> Any:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import xxhash
 
-from . import files, journal, records, signing
+from nbdurable.store import files, journal, records, signing
+from nbdurable.store.sidecars import Sidecars
 
 _FORMAT = 2
 
@@ -126,7 +127,7 @@ class RunIndex:
     # -- snapshots ------------------------------------------------------------------------------
     def _snapshot_path(self) -> Path:
         name = xxhash.xxh3_64_hexdigest(self.run.encode())
-        return Path(f"{self.log.path}.index") / f"{name}.pickle"
+        return Sidecars.of(self.log.path).index / f"{name}.pickle"
 
     def _save(self, generation: int) -> None:
         """Called holding the lease just before it is given back."""
@@ -203,4 +204,4 @@ def _file_state(path: Path) -> tuple | None:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, os.path.exists(f"{path}.wal"))
+    return (st.st_ino, st.st_size, st.st_mtime_ns, Sidecars.of(path).wal.exists())

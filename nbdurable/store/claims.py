@@ -35,14 +35,16 @@ import time
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import xxhash
 
-from . import files, processes
-from .errors import RunBusyError
-from .processes import ProcessId
+from nbdurable import processes
+from nbdurable.errors import RunBusyError
+from nbdurable.processes import ProcessId
+from nbdurable.store import files
+from nbdurable.store.sidecars import Sidecars
 
 #: How long taking a claim waits out the shared locks that status readers hold for microseconds.
 CLAIM_PATIENCE = 0.5
@@ -68,7 +70,7 @@ class Holder:
 
 
 def claim_path(log_path: Path, run: str) -> Path:
-    return Path(f"{log_path}.runs") / f"{xxhash.xxh3_64_hexdigest(run.encode())}.lock"
+    return Sidecars.of(log_path).runs / f"{xxhash.xxh3_64_hexdigest(run.encode())}.lock"
 
 
 def _kernel_path(claim: Path, invocation: str) -> Path:
@@ -118,7 +120,7 @@ class Claim:
     def kernel_guard_code(self) -> str:
         """Python for a kernel of this invocation to run before any cell (silently)."""
         return ("try:\n"
-                "    __import__('nbdurable.claims', fromlist=['guard_kernel'])"
+                "    __import__('nbdurable.store.claims', fromlist=['guard_kernel'])"
                 f".guard_kernel({str(self.path)!r}, {self.invocation!r})\n"
                 "except ImportError:\n"
                 "    pass\n")
@@ -336,4 +338,4 @@ def _write_json(fd: int, data: dict) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")[:19]
+    return datetime.now(UTC).isoformat(timespec="seconds")[:19]

@@ -2,7 +2,7 @@
 
 A fingerprint is a short string that changes when a value changes:
 
-- ``h:<xxh3-128>``: the digest of the value's encoding (see :mod:`nbdurable.serializer`). A value
+- ``h:<xxh3-128>``: the digest of the value's encoding (see :mod:`nbdurable.engine.serializer`). A value
   restored or produced by a durable step keeps the digest that step recorded: its version.
 - ``m:<name>``: a module (restored by re-import).
 - ``t:<module.qualname>``: a value nbdurable cannot serialize (a client, a connection, a lock).
@@ -20,7 +20,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import serializer
+from nbdurable.engine import serializer
 
 
 def module_fingerprint(module: types.ModuleType) -> str:

@@ -6,7 +6,7 @@ It executes the notebook like papermill's own nbclient engine, and also:
   that died earlier replay from the log and the run continues where it died;
 - holds the run's claim (a second invocation of the run is refused), and makes each kernel part
   of it before the first cell, so a kernel stops the moment its driver dies
-  (:mod:`nbdurable.claims`); records the invocation in the log: started with its parameters,
+  (:mod:`nbdurable.store.claims`); records the invocation in the log: started with its parameters,
   finished as completed, failed or crashed;
 - when the kernel dies, marks the cell that was running as failed with an error output saying
   so (papermill's own engine leaves it "completed"), and with ``max_restarts`` starts a fresh
@@ -31,8 +31,10 @@ import tempfile
 import nbformat
 from nbclient.exceptions import DeadKernelError
 
-from . import batch, claims, runstate
-from .errors import NbdurableError
+from nbdurable.batch import runner as batch
+from nbdurable.errors import NbdurableError
+from nbdurable.kernels import local_kernel_config
+from nbdurable.store import claims, runstate
 
 DEAD_KERNEL = "DeadKernelError"
 
@@ -73,7 +75,7 @@ def _build_engine(NBClientEngine: type) -> type:  # noqa: N803 (a class)
                     prefix="nbdurable-") as sockets:
                 for note in claim.notes if standalone else ():
                     logger.warning(note)
-                kwargs.setdefault("config", batch.local_kernel_config(sockets))
+                kwargs.setdefault("config", local_kernel_config(sockets))
                 client_kwargs = merge_kwargs(
                     kwargs, timeout=execution_timeout or None, startup_timeout=start_timeout,
                     kernel_name=kernel_name, log=logger, log_output=log_output,

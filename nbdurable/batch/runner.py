@@ -3,7 +3,7 @@ the ``nbdurable`` engine; running it again with the same run id resumes the run.
 
 :func:`run` checks everything it can before papermill touches a file (the notebook, the output
 path, the log, whether another process executes the run) and holds the run's claim for the
-whole execution. The engine (:mod:`nbdurable.papermill_engine`) does the executing.
+whole execution. The engine (:mod:`nbdurable.batch.papermill_engine`) does the executing.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from typing import Any
 
 import xxhash
 
-from . import claims, runstate, settings
-from .errors import UsageError
+from nbdurable import settings
+from nbdurable.engine.header import step_of
+from nbdurable.errors import UsageError
+from nbdurable.store import claims, runstate
+from nbdurable.store.sidecars import Sidecars
 
 ENGINE = "nbdurable"
 EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED = 1, 2, 3
@@ -64,7 +67,7 @@ class Job:
         if self.claim is not None:
             yield self.claim
             return
-        from .logdb import open_log, sniff
+        from nbdurable.store.logdb import open_log, sniff
 
         if self.log_path.exists():
             sniff(self.log_path)  # before any file is created beside it
@@ -77,7 +80,7 @@ class Job:
                 self.claim = None
 
     def record(self, statement) -> None:
-        from .logdb import open_log
+        from nbdurable.store.logdb import open_log
 
         log = open_log(self.log_path)
         log.execute(*statement)
@@ -167,9 +170,7 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
     job = Job(run=choose_run_id(run_id, parameters, str(source)),
               log_path=default_log(log, work), notebook=str(source), output=str(target),
               parameters=parameters, max_restarts=max_restarts)
-    # the log, or a file nbdurable keeps beside it (<log>.lock, <log>.blobs, ...)
-    if target.parent == job.log_path.parent and (
-            target.name == job.log_path.name or target.name.startswith(f"{job.log_path.name}.")):
+    if Sidecars.of(job.log_path).owns(target):
         raise UsageError(f"the output {target} is the log or one of its files; give another "
                          "OUTPUT or --log")
     with job.claimed() as claim:
@@ -182,21 +183,6 @@ def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
     result = _result(job, target)
     result.notes = claim.notes + _notes(nb, source)
     return result
-
-
-def local_kernel_config(directory: str | None = None):
-    """Kernels on local unix sockets in ``directory`` (default: a new temporary one) instead of
-    open TCP ports, so no other user of the machine can connect."""
-    import tempfile
-
-    from traitlets.config import Config
-
-    config = Config()
-    config.KernelManager.transport = "ipc"
-    # an absolute prefix: the kernel may run in another working directory
-    config.KernelManager.ip = os.path.join(directory or tempfile.mkdtemp(prefix="nbdurable-"),
-                                           "kernel")
-    return config
 
 
 def choose_run_id(given: str | None, parameters: Mapping[str, Any], notebook: str, *,
@@ -236,19 +222,6 @@ def default_log(log: str | os.PathLike | None, cwd: Path | None = None) -> Path:
            or str(settings.DEFAULT_LOG))
     path = Path(raw).expanduser()
     return settings.check_log_arg(path if path.is_absolute() else (cwd or Path.cwd()) / path)
-
-
-def parse_parameter(value: str) -> Any:
-    """A ``-p NAME VALUE`` value, typed as papermill's own CLI types it."""
-    special = {"True": True, "False": False, "None": None}
-    if value in special:
-        return special[value]
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -369,8 +342,6 @@ def _result(job: Job, target: Path) -> RunResult:
 
 def durable_step(cell) -> str | None:
     """The step name of a ``%%durable NAME`` cell, else None."""
-    from .ipython.transform import step_of
-
     return step_of(cell.get("source", "")) if cell.get("cell_type") == "code" else None
 
 

@@ -8,27 +8,17 @@ identical value is stored once however many steps produce it.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from typing import Any
 
 import xxhash
 
-from . import serializer, signing
-from .errors import LogCorruptError, SignatureError
+from nbdurable.engine import serializer
+from nbdurable.errors import LogCorruptError, SignatureError
+from nbdurable.store import signing
+from nbdurable.store.records import StoredRef
 
 #: Encoded values up to this size are kept in the row's BLOB column.
 INLINE_LIMIT = 64 * 1024
-
-
-@dataclass(frozen=True)
-class StoredRef:
-    """How a row refers to its bytes: ``data`` inline, or ``None`` with a blob named ``hash``;
-    ``mac``: their HMAC-SHA256 under the user's secret (:mod:`nbdurable.signing`)."""
-
-    hash: str
-    size: int
-    data: bytes | None
-    mac: str | None = None
 
 
 def store_packed(blobs, packed: serializer.Packed) -> StoredRef:
@@ -62,7 +52,12 @@ def load_value(log, ref: StoredRef, namespace: dict | None = None) -> Any:
     with serializer.loading_into(namespace):
         if ref.data is not None:
             _check(log, ref, signing.sign([ref.data]))
-            return serializer.unpack_bytes(ref.data)
+            try:
+                parts = serializer.split_bytes(ref.data)
+            except ValueError as exc:
+                raise LogCorruptError(f"stored value {ref.hash[:16]} is damaged ({exc}); it was "
+                                      "not loaded") from None
+            return serializer.load_parts(parts)
         with log.blobs.open(ref.hash) as f:
             signer = signing.Signer()
             try:

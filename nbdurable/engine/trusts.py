@@ -1,6 +1,6 @@
 """``trust``: sign a log's stored values with this user's secret, after a person reviewed it.
 
-A value whose signature does not check is never loaded (:mod:`nbdurable.signing`): a log
+A value whose signature does not check is never loaded (:mod:`nbdurable.store.signing`): a log
 written with another secret (a colleague's, a CI run's), or by nbdurable 0.1 which signed
 nothing, replays nothing. Like ``jupyter trust`` for notebooks, ``nbdurable trust LOG`` says "I
 have looked at this log and accept what it holds": each stored value of the log (or of one run)
@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from . import objects, records, schema, settings, signing
-from .errors import LogCorruptError
-from .reports import require_run, resolve_log
+from nbdurable import settings
+from nbdurable.engine import values
+from nbdurable.engine.context import resolve_log
+from nbdurable.errors import LogCorruptError
+from nbdurable.store import queries, records, schema, signing
+from nbdurable.store.runs import require_run
 
 _KINDS = (schema.ATTEMPT_FINISHED, schema.CALL_COMPLETED, schema.ONCE_FINISHED)
 
@@ -61,9 +64,7 @@ def _stored_values(db, run: str | None) -> dict:
         if run is not None:
             run = settings.check_run_id(run)
             require_run(con, db, run)
-        where = "kind IN (?, ?, ?)" + (" AND run = ?" if run else "")
-        rows = con.execute(f"SELECT run, body, data FROM events WHERE {where} ORDER BY rowid",
-                           [*_KINDS, *([run] if run else [])]).fetchall()
+        rows = queries.value_rows(con, _KINDS, run)
     refs = {}
     for run_id, body, data in rows:
         for ref in records.stored_refs(json.loads(body), data):
@@ -71,10 +72,10 @@ def _stored_values(db, run: str | None) -> dict:
     return refs
 
 
-def _sign(db, run_id: str, ref: objects.StoredRef, result: TrustResult):
+def _sign(db, run_id: str, ref: values.StoredRef, result: TrustResult):
     """The ``value_trusted`` row for ``ref`` if it needs one; counts what it finds."""
     try:
-        mac = signing.sign([objects.raw_bytes(db.blobs, ref)])
+        mac = signing.sign([values.raw_bytes(db.blobs, ref)])
     except (LogCorruptError, OSError):
         result.unreadable += 1
         return None

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files
-from .errors import CheckpointError, LogCorruptError, UsageError
+from nbdurable.errors import CheckpointError, LogCorruptError, UsageError
+from nbdurable.store import files
 
 Chunk = bytes | bytearray | memoryview | pickle.PickleBuffer
 
@@ -57,7 +57,7 @@ class BlobStore:
         Returns False (writing nothing) if the blob already exists: the caller vouches that
         ``digest`` names the content, so identical content is stored once. Returns True once the
         bytes, the file name and the directory entry are on disk. Each chunk is given to
-        ``signer.add`` (:class:`nbdurable.signing.Signer`) as it is written.
+        ``signer.add`` (:class:`nbdurable.store.signing.Signer`) as it is written.
         """
         final = self.path(digest)
         if final.exists():

@@ -4,7 +4,7 @@ Every fact is an event row, never updated: a run was created, an attempt of a st
 finished, a step was replayed, a ``@step`` call or a ``once`` key completed. ``body`` is a JSON
 document with the event's fields; ``data`` holds small binary payloads inline (encoded values,
 recorded outputs) at the offsets ``body`` gives. Payloads larger than
-``nbdurable.objects.INLINE_LIMIT`` live in content-addressed files beside the log instead.
+``nbdurable.engine.values.INLINE_LIMIT`` live in content-addressed files beside the log instead.
 
 A narrow table keeps each write to one cheap statement (about 1 ms on a held connection),
 and an append-only log never rewrites what it recorded. The views give people readable tables.
@@ -46,7 +46,8 @@ ATTEMPTS_SELECT = """
            f.body ->> '$.error.evalue' AS error_message,
            s.body ->> 'source' AS source,
            CAST(s.body ->> 'pid' AS INTEGER) AS pid,
-           s.body ->> 'host' AS host
+           s.body ->> 'host' AS host,
+           CAST(s.body ->> 'started' AS BIGINT) AS process_started
     FROM {events} s
     LEFT JOIN {events} f ON f.kind = 'attempt_finished' AND f.run = s.run AND f.step = s.step
         AND f.attempt = s.attempt

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import xxhash
 
-from . import files, journal, schema
-from .journal import Row
+from nbdurable.store import files, journal, schema
+from nbdurable.store.journal import Row
+from nbdurable.store.sidecars import Sidecars
 
 SUFFIX = ".push"
 # one statement for a whole drain; an id already there (a crash between a drain's commit and
@@ -55,7 +56,7 @@ _last_stamp = 0
 
 
 def folder(log_path: Path) -> Path:
-    return Path(f"{log_path}.spool")
+    return Sidecars.of(log_path).spool
 
 
 def _marker(log_path: Path, run: str) -> Path:
@@ -137,7 +138,7 @@ def drain(con, log_path: Path, paths: list[Path]) -> list[Path]:
             continue
         done.append(path)
     if rows:
-        runs, _, _, _, stamps, bodies, _ = zip(*rows)
+        runs, _, _, _, stamps, bodies, _ = zip(*rows, strict=True)
         ids = [json.loads(body)["id"] for body in bodies]
         con.execute(_INSERT, [schema.EVENT_PUSHED, list(runs), list(stamps), list(bodies), ids,
                               list(range(len(rows))), schema.EVENT_PUSHED, min(stamps)])

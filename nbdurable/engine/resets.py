@@ -9,11 +9,11 @@ attempts so far no longer count. The next time the step is reached it executes a
 
 from __future__ import annotations
 
-import json
-
-from . import claims, records, schema, settings
-from .errors import RunBusyError, UsageError
-from .reports import events_relation, require_run, resolve_log
+from nbdurable import settings
+from nbdurable.engine.context import resolve_log
+from nbdurable.errors import RunBusyError, UsageError
+from nbdurable.store import claims, queries, records, schema
+from nbdurable.store.runs import require_run
 
 
 def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
@@ -28,10 +28,8 @@ def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
                            "that invocation has ended")
     with db.transaction() as con:
         require_run(con, db, run)
-        events = events_relation(con, db, run)  # with attempts still in journals
-        order = con.execute(
-            f"SELECT step, max(attempt) FROM {events} WHERE run = ? AND kind = ? GROUP BY step"
-            " ORDER BY min(ts), step", [run, schema.ATTEMPT_STARTED]).fetchall()
+        events = queries.with_journals(con, db, run)  # with attempts still in journals
+        order = queries.step_order(con, events, run)
         steps = [step for step, _ in order]
         if from_step is not None and from_step not in steps:
             raise UsageError(f"step {from_step!r} is not in run {run!r} (its steps: "
@@ -40,13 +38,8 @@ def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
         rows = [records.step_reset(run, step, last) for step, last in chosen]
         if include_once:
             rows += [list(records.once_event(schema.ONCE_RESET, run, key)[1])
-                     for key in _once_keys(con, run, {step for step, _ in chosen})]
+                     for key in queries.once_keys(con, run, {step for step, _ in chosen})]
         if rows:
             con.execute(*records.combine_rows(rows))
     return [step for step, _ in chosen]
 
-
-def _once_keys(con, run: str, steps: set[str]) -> list[str]:
-    rows = con.execute("SELECT DISTINCT step, body FROM events WHERE run = ? AND kind = ?",
-                       [run, schema.ONCE_STARTED]).fetchall()
-    return sorted({json.loads(body)["key"] for step, body in rows if step in steps})

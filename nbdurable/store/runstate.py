@@ -3,7 +3,7 @@
 A batch driver (``nbdurable run``, the papermill engine) records each invocation of a run:
 ``run_started`` (notebook, parameters, process), ``kernel_died`` for each kernel death it
 survived, and ``run_finished`` (completed, failed or crashed, and why). While it runs, it and
-its kernels hold the run's claim (:mod:`nbdurable.claims`). The OS drops those locks when their
+its kernels hold the run's claim (:mod:`nbdurable.store.claims`). The OS drops those locks when their
 processes die, so an invocation that never finished and whose claim is free has crashed: no
 process of it executes the run any more.
 
@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import claims, records, schema
-from .claims import Claim
-from .processes import ProcessId
+from nbdurable.processes import ProcessId
+from nbdurable.store import claims, records, schema
+from nbdurable.store.claims import Claim
 
 RUNNING, COMPLETED, FAILED, CRASHED = "running", "completed", "failed", "crashed"
 
@@ -87,18 +87,12 @@ def driven_status(log_path: Path, run: str, invocation: Invocation) -> str:
     return RUNNING if claims.holder(log_path, run) else CRASHED
 
 
-def undriven_status(latest: list[tuple[str, int | None, str | None]]) -> str:
-    """From the latest attempt of each step: (status, pid, host)."""
-    in_flight = [(pid, host) for status, pid, host in latest if status == RUNNING]
+def undriven_status(latest: list[tuple[str, ProcessId | None]]) -> str:
+    """From the latest attempt of each step: (status, the process that made it)."""
+    in_flight = [process for status, process in latest if status == RUNNING]
     if in_flight:
-        return RUNNING if any(process_alive(pid, host) for pid, host in in_flight) else CRASHED
-    if any(status == FAILED for status, _, _ in latest):
+        alive = any(p is not None and p.alive() for p in in_flight)
+        return RUNNING if alive else CRASHED
+    if any(status == FAILED for status, _ in latest):
         return FAILED
     return COMPLETED
-
-
-def process_alive(pid: int | None, host: str | None = records.HOST) -> bool:
-    """Whether process ``pid`` of ``host`` runs (a process of another machine: assumed so)."""
-    if host != records.HOST:
-        return True
-    return bool(pid) and ProcessId(int(pid)).alive()

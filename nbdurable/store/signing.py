@@ -33,8 +33,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from . import files
-from .errors import ConfigError
+from nbdurable.errors import ConfigError
+from nbdurable.store import files
 
 SECRET_ENV, SECRET_FILE_ENV = "NBDURABLE_SECRET", "NBDURABLE_SECRET_FILE"
 FILE_NAME = "nbdurable_secret"

@@ -24,12 +24,18 @@ from typing import Any, TypeVar
 
 import xxhash
 
-from . import context, objects, records, serializer
-from .errors import (IntegrityWarning, LogCorruptError, OnceInDoubtError, StepError,
-                     UnstorableValueWarning, UsageError)
-from .fingerprint import fingerprint
-from .runstate import process_alive
-from .schema import ONCE_FINISHED, ONCE_RESET, ONCE_STARTED
+from nbdurable.engine import context, serializer, values
+from nbdurable.engine.fingerprint import fingerprint
+from nbdurable.errors import (
+    IntegrityWarning,
+    LogCorruptError,
+    OnceInDoubtError,
+    StepError,
+    UnstorableValueWarning,
+    UsageError,
+)
+from nbdurable.store import records
+from nbdurable.store.schema import ONCE_FINISHED, ONCE_RESET, ONCE_STARTED
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,7 +95,7 @@ class _Call:
     def __init__(self, ctx: context.StepContext, key: str, fp: str):
         self.ctx, self.key, self.fp = ctx, key, fp
         self.started = records.now()
-        self._recorded: objects.StoredRef | None = None
+        self._recorded: values.StoredRef | None = None
 
     @classmethod
     def begin(cls, fn, args, kwargs) -> _Call | None:
@@ -110,7 +116,7 @@ class _Call:
         if ref is None:
             return _NOT_RECORDED
         try:
-            return objects.load_value(self.ctx.log, ref, self.ctx.namespace)
+            return values.load_value(self.ctx.log, ref, self.ctx.namespace)
         except LogCorruptError as exc:
             warnings.warn(f"step call {self.key}: {exc}; the call runs again", IntegrityWarning,
                           stacklevel=4)
@@ -124,7 +130,7 @@ class _Call:
                           f"({exc.reason}); it will run again on re-execution",
                           UnstorableValueWarning, stacklevel=3)
             return result
-        ref = objects.store_packed(self.ctx.log.blobs, packed)
+        ref = values.store_packed(self.ctx.log.blobs, packed)
         self.ctx.log.execute(*records.call_completed(
             run=self.ctx.run, step=self.ctx.step, attempt=self.ctx.attempt, key=self.key,
             fingerprint=self.fp, result=ref, started=self.started), announce=False)
@@ -184,7 +190,7 @@ def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
 
 def _record_once(log, run: str, key: str, result: Any) -> None:
     try:
-        ref = objects.store_packed(log.blobs, serializer.pack(result,
+        ref = values.store_packed(log.blobs, serializer.pack(result,
                                                                 main_globals=_main_namespace()))
     except serializer.Unstorable as exc:
         warnings.warn(f"once({key!r}) returned a value nbdurable cannot store ({exc.reason}); "
@@ -198,7 +204,7 @@ def _once_result(log, key: str, state: records.OnceState) -> Any:
     if state.result is None:
         return None
     try:
-        return objects.load_value(log, state.result, _main_namespace())
+        return values.load_value(log, state.result, _main_namespace())
     except LogCorruptError as exc:
         raise OnceInDoubtError(
             f"once({key!r}) happened, but its recorded result cannot be trusted ({exc}); it was"
@@ -207,7 +213,7 @@ def _once_result(log, key: str, state: records.OnceState) -> Any:
 
 
 def _in_doubt(key: str, state: records.OnceState) -> StepError:
-    if state.host == records.HOST and state.pid is not None and process_alive(state.pid):
+    if state.process is not None and state.process.local and state.process.alive():
         return StepError(f"once({key!r}) is running in process {state.pid} since "
                          f"{state.at:%Y-%m-%d %H:%M:%S} UTC; wait for it to finish")
     return OnceInDoubtError(

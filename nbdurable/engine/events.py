@@ -12,26 +12,14 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from . import context, files, records, schema, spool
-from .errors import LogError, UsageError
-from .reports import require_run
+from nbdurable.engine import context
+from nbdurable.errors import LogError, UsageError
+from nbdurable.store import files, mailbox, records, spool
+from nbdurable.store.runs import require_run
 
 MAX_KEY = 200
-
-
-@dataclass(frozen=True)
-class Pending:
-    """An event in the mailbox, not consumed yet."""
-
-    id: str
-    key: str
-    payload: Any
-    pushed_at: datetime
-    rowid: int = 0  # its place in the log (append-only: rowids never change)
 
 
 def check_key(key: object, what: str = "an event key") -> str:
@@ -90,7 +78,7 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
     ``run``/``log`` default to the current ones (``NBDURABLE_RUN`` / ``NBDURABLE_LOG``, the
     notebook). ``id`` makes a retried push idempotent. Once a push found the run in the log,
     later pushes without ``id`` take no lease: they are spooled beside the log and moved into it
-    by the next process that opens it (see :mod:`nbdurable.spool`).
+    by the next process that opens it (see :mod:`nbdurable.store.spool`).
     """
     key = check_key(key)
     payload = check_payload(payload)
@@ -107,7 +95,7 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
 
 def _spool(log, run: str, body: str) -> None:
     try:
-        spool.write(log.path, [run, None, None, schema.EVENT_PUSHED, records.now(), body, None])
+        spool.write(log.path, mailbox.push_row(run, body))
     except OSError as exc:
         raise LogError(f"the event was not pushed: {files.describe(exc, spool.folder(log.path))}"
                        ) from None
@@ -117,74 +105,16 @@ def _spool(log, run: str, body: str) -> None:
 def _insert(log, run: str, event_id: str, key: str, payload: Any, body: str) -> None:
     """Push under the lease: checks that the run exists and that a reused id is the same event."""
     with log.transaction() as con:
-        # one statement in the common case: insert unless the id is there, if the run exists
-        inserted = con.execute(
-            "INSERT INTO events SELECT ?, NULL, NULL, ?, ?, ?, NULL WHERE EXISTS (SELECT 1 FROM"
-            " events WHERE run = ?) AND NOT EXISTS (SELECT 1 FROM events WHERE run = ? AND"
-            " kind = ? AND body ->> 'id' = ?) RETURNING 1",
-            [run, schema.EVENT_PUSHED, records.now(), body, run, run, schema.EVENT_PUSHED,
-             event_id]).fetchall()
-        if not inserted:
+        if not mailbox.push_if_new(con, run, event_id, body):
             require_run(con, log, run)  # raises for an unknown run ...
-            earlier = con.execute("SELECT body FROM events WHERE run = ? AND kind = ? AND"
-                                  " body ->> 'id' = ?", [run, schema.EVENT_PUSHED,
-                                                        event_id]).fetchone()
+            earlier = mailbox.pushed_body(con, run, event_id)
             if earlier is None:  # ... a run known only from a live journal: insert anyway
-                con.execute("INSERT INTO events VALUES (?, NULL, NULL, ?, ?, ?, NULL)",
-                            [run, schema.EVENT_PUSHED, records.now(), body])
+                mailbox.append(con, run, body)
             else:
-                _check_same_event(event_id, key, payload, json.loads(earlier[0]))
+                _check_same_event(event_id, key, payload, earlier)
     spool.mark_known(log.path, run)  # the run exists: later pushes need no lease
     if context.current() is None:
         log.release()  # a push is one-off: let the waiting process in at once
-
-
-def mailbox(con, run: str, keys, per_key: int | None = None, floor: int = 0) -> list[Pending]:
-    """Unconsumed events of ``keys`` in ``run``, oldest first (hold the lease); at most the
-    ``per_key`` oldest of each key (a wait needs only the first few of a long queue).
-
-    ``floor``: a rowid below which every event of ``keys`` is known to be consumed (the log is
-    append-only, so it stays true): only the rows from there on are read, and a long-lived
-    mailbox costs what its recent rows cost, not its whole history. The consumption of an
-    event is always written after the event, so its record is at or above the floor too.
-    """
-    keys = sorted(set(keys))
-    if not keys:
-        return []
-    marks = ", ".join("?" * len(keys))
-    limit = ("QUALIFY row_number() OVER (PARTITION BY body ->> 'key' ORDER BY rowid) <= ?"
-             if per_key else "")
-    rows = con.execute(
-        f"SELECT rowid, ts, body FROM events WHERE rowid >= ? AND run = ? AND kind = ? AND"
-        f" body ->> 'key' IN ({marks}) AND body ->> 'id' NOT IN (SELECT unnest("
-        "json_extract_string(body, '$.consumed[*]')) FROM events WHERE rowid >= ? AND run = ?"
-        f" AND kind = ?) {limit} ORDER BY rowid",
-        [floor, run, schema.EVENT_PUSHED, *keys, floor, run, schema.WAIT_COMPLETED,
-         *([per_key] if per_key else [])]).fetchall()
-    found = []
-    for rowid, ts, body in rows:
-        body = json.loads(body)
-        found.append(Pending(body["id"], body["key"], body["payload"], ts, rowid))
-    return found
-
-
-def id_at(con, rowid: int) -> str | None:
-    """The id of the event pushed at ``rowid``, if the row there is one."""
-    row = con.execute("SELECT body ->> 'id' FROM events WHERE rowid = ? AND kind = ?",
-                      [rowid, schema.EVENT_PUSHED]).fetchone()
-    return row[0] if row else None
-
-
-def consumed_ids(con, run: str) -> dict[str, dict]:
-    """id -> the wait that consumed it (step, wait key, when)."""
-    rows = con.execute("SELECT step, ts, body FROM events WHERE run = ? AND kind = ?"
-                       " ORDER BY rowid", [run, schema.WAIT_COMPLETED]).fetchall()
-    consumed = {}
-    for step, ts, body in rows:
-        body = json.loads(body)
-        for event_id in body.get("consumed", []):
-            consumed[event_id] = {"step": step, "wait": body.get("wait"), "consumed_at": ts}
-    return consumed
 
 
 def list_events(run: str | None = None, *, log=None):
@@ -195,18 +125,16 @@ def list_events(run: str | None = None, *, log=None):
     log, run = context.locate(run, log)
     with log.lease() as con:
         require_run(con, log, run)
-        rows = con.execute("SELECT ts, body FROM events WHERE run = ? AND kind = ?"
-                           " ORDER BY rowid", [run, schema.EVENT_PUSHED]).fetchall()
-        consumed = consumed_ids(con, run)
+        events = mailbox.pushed(con, run)
+        consumed = mailbox.consumptions(con, run)
     records_ = []
-    for ts, body in rows:
-        body = json.loads(body)
-        used = consumed.get(body["id"])
+    for event in events:
+        used = consumed.get(event.id)
         records_.append({
-            "id": body["id"], "key": body["key"], "payload": json.dumps(body["payload"]),
-            "pushed_at": ts, "status": "consumed" if used else "pending",
-            "consumed_by": f"{used['step'] or '(no step)'} {used['wait'] or ''}".strip()
+            "id": event.id, "key": event.key, "payload": json.dumps(event.payload),
+            "pushed_at": event.pushed_at, "status": "consumed" if used else "pending",
+            "consumed_by": f"{used.step or '(no step)'} {used.wait or ''}".strip()
             if used else None,
-            "consumed_at": used["consumed_at"] if used else None})
+            "consumed_at": used.at if used else None})
     columns = ["id", "key", "payload", "pushed_at", "status", "consumed_by", "consumed_at"]
     return pd.DataFrame.from_records(records_, columns=columns)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import context, events, records, schema
-from .errors import UsageError, WaitMismatchError, WaitTimeout
-from .reports import require_run
+from nbdurable.engine import context, events
+from nbdurable.errors import UsageError, WaitMismatchError, WaitTimeout
+from nbdurable.store import mailbox, records, schema
+from nbdurable.store.runs import require_run
 
 POLL = 0.01  # seconds between two looks at the write generation, early in a wait
 #: After consuming an event while more are pending, keep the log's lease this long, so that
@@ -133,7 +134,7 @@ class Floor:
 
 class _Floors:
     """Per log path, run and set of keys: the mailbox's :class:`Floor` (see
-    :func:`events.mailbox`). Only ever raised; the log is append-only, so a floor stays true
+    :func:`mailbox.pending`). Only ever raised; the log is append-only, so a floor stays true
     whatever other processes do. Bounded: the oldest entries are forgotten."""
 
     SIZE = 256
@@ -166,7 +167,7 @@ _floors = _Floors()
 _UNCOMMITTED = 1 << 50
 
 
-def _floor_after(pending: list[events.Pending], taken: set[str]) -> Floor | None:
+def _floor_after(pending: list[mailbox.Pending], taken: set[str]) -> Floor | None:
     """Below which rowid every event of the mailbox is consumed once ``taken`` is: the oldest
     committed event left, else just above the newest committed one read. (Spooled pushes
     moved in by this transaction are not committed yet: they will be placed above both.)"""
@@ -270,19 +271,8 @@ class Wait:
         self._start_unrecorded = False
 
     def _recorded(self, con) -> tuple[dict | None, dict | None]:
-        rows = con.execute(
-            "SELECT kind, body FROM events WHERE run = ? AND step = ? AND kind IN (?, ?)"
-            " AND body ->> 'wait' = ? AND body ->> 'source_hash' = ? AND attempt >= ?"
-            " ORDER BY rowid", [self.run, self.ctx.step, schema.WAIT_STARTED,
-                                schema.WAIT_COMPLETED, self.key, self.ctx.source_hash,
-                                self.ctx.since]).fetchall()
-        started = completed = None
-        for kind, body in rows:
-            if kind == schema.WAIT_STARTED:
-                started, completed = json.loads(body), None
-            else:
-                completed = json.loads(body)
-        return started, completed
+        return mailbox.recorded_wait(con, self.run, self.ctx.step, self.key,
+                                     self.ctx.source_hash, self.ctx.since)
 
     def _check_same(self, recorded: dict) -> None:
         if recorded["spec"] != json.loads(json.dumps(self.spec)):
@@ -298,14 +288,12 @@ class Wait:
                            "attempt": self.ctx.attempt if self.ctx else None, **extra})
 
     def _write(self, kind: str, extra: dict, con=None) -> None:
-        row = [self.run, self.ctx.step if self.ctx else None,
-               self.ctx.attempt if self.ctx else None, kind, records.now(), self._body(extra),
-               None]
-        sql = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)"
+        row = mailbox.wait_row(self.run, self.ctx.step if self.ctx else None,
+                               self.ctx.attempt if self.ctx else None, kind, self._body(extra))
         if con is not None:
-            con.execute(sql, row)
+            mailbox.write_wait(con, row)
         else:
-            self.log.execute(sql, row, announce=False)
+            mailbox.write_wait_deferred(self.log, row)
 
     # -- completing -----------------------------------------------------------------------------
     def try_complete(self) -> dict | None:
@@ -326,22 +314,22 @@ class Wait:
                 self.log.hold(HOLD)
         return outcome
 
-    def _mailbox(self, con) -> list[events.Pending]:
+    def _mailbox(self, con) -> list[mailbox.Pending]:
         keys = self.keys()
         if not keys:
             return []
         floor = _floors.get(self._floor_key())
-        if floor is not None and events.id_at(con, floor.witness_rowid) != floor.witness_id:
+        if floor is not None and mailbox.id_at(con, floor.witness_rowid) != floor.witness_id:
             _floors.forget(self._floor_key())  # another log file at this path: read it all
             floor = None
         # enough of each key to fill this wait, and one more to know whether more are pending
-        return events.mailbox(con, self.run, keys, max(Counter(keys).values()) + 1,
+        return mailbox.pending(con, self.run, keys, max(Counter(keys).values()) + 1,
                               floor.rowid if floor else 0)
 
     def _floor_key(self) -> tuple:
         return (str(self.log.path), self.run, tuple(sorted(self.keys())))
 
-    def _outcome(self, pending: list[events.Pending], now: datetime) -> dict | None:
+    def _outcome(self, pending: list[mailbox.Pending], now: datetime) -> dict | None:
         if self.mode == "any":
             for i, cond in enumerate(self.conditions):
                 if isinstance(cond, Sleep) and self.deadlines[i] <= now:
@@ -413,10 +401,10 @@ class Wait:
         return describe_outcome(self.spec, outcome)
 
 
-def _take_all(conditions, pending: list[events.Pending]) -> list | None:
+def _take_all(conditions, pending: list[mailbox.Pending]) -> list | None:
     """For wait_all: one distinct pending event per Event condition (None for sleeps)."""
     needed = Counter(c.key for c in conditions if isinstance(c, Event))
-    by_key: dict[str, list[events.Pending]] = {}
+    by_key: dict[str, list[mailbox.Pending]] = {}
     for p in pending:
         by_key.setdefault(p.key, []).append(p)
     if any(len(by_key.get(k, [])) < n for k, n in needed.items()):

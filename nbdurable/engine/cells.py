@@ -6,7 +6,7 @@ decides whether the recorded checkpoint is valid, restores it, or records a new 
 when the body has run, checkpoints what it produced.
 
 A checkpoint is valid when the source is unchanged and every name the cell reads has the same
-fingerprint as when it was recorded (see :mod:`nbdurable.fingerprint`).
+fingerprint as when it was recorded (see :mod:`nbdurable.engine.fingerprint`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from typing import Any
 
 import xxhash
 
-from . import analysis, context, faults, objects, records, serializer, settings
-from .errors import CheckpointError, UnstorableValueWarning
-from .fingerprint import Tracker, fingerprint, module_fingerprint
-from .logdb import LogDB, open_log
-from .journal import Journal, LogHeldWarning
-from .runindex import RunIndex
+from nbdurable import faults, settings
+from nbdurable.engine import analysis, context, serializer, values
+from nbdurable.engine.fingerprint import Tracker, fingerprint, module_fingerprint
+from nbdurable.errors import CheckpointError, LogHeldWarning, UnstorableValueWarning, first_line
+from nbdurable.store import records
+from nbdurable.store.journal import Journal
+from nbdurable.store.logdb import LogDB, open_log
+from nbdurable.store.runindex import RunIndex
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,18 @@ class Engine:
         return {n for n in analysis.expand(loads, self.namespace) if not self.ignore(n)}
 
     # -- replaying ------------------------------------------------------------------------------
+    def try_replay(self, decision: Decision) -> Replayed | None:
+        """:meth:`replay`, or None when the checkpoint cannot be restored (damaged, unsigned,
+        an import that fails): ``decision`` then says execute, and why. An unreadable
+        checkpoint must never block the notebook."""
+        try:
+            return self.replay(decision)
+        except Exception as exc:
+            decision.replay = False
+            text = f"{type(exc).__name__}: {first_line(exc)}"[:200]
+            decision.reason = f"its checkpoint could not be restored: {text}"
+            return None
+
     def replay(self, decision: Decision) -> Replayed:
         """Restore the checkpoint's variables into the namespace; return its outputs.
 
@@ -173,7 +187,7 @@ class Engine:
 
             return importlib.import_module(var.detail)
         ns = self.namespace if isinstance(self.namespace, dict) else None
-        return objects.load_value(log, var.ref, ns)
+        return values.load_value(log, var.ref, ns)
 
     # -- executing ------------------------------------------------------------------------------
     def begin(self, decision: Decision) -> Execution:
@@ -249,7 +263,7 @@ class Engine:
     def _record_outcome(self, execution: Execution, ok: bool, outputs: list[dict],
                         error: dict | None) -> tuple[dict, list, int]:
         log = execution.decision.log
-        out_ref = objects.store_bytes(log.blobs, json.dumps(outputs).encode())
+        out_ref = values.store_bytes(log.blobs, json.dumps(outputs).encode())
         result: dict = {}
         attempt = execution.attempt
         if ok:
@@ -289,7 +303,7 @@ class Engine:
                 unstorable[name] = why
                 versions[name] = fp
             else:
-                ref = objects.store_packed(log.blobs, packed)
+                ref = values.store_packed(log.blobs, packed)
                 variables.append(records.Variable(name, "value", ref=ref))
                 versions[name] = fp
         for name in deleted:
@@ -365,7 +379,7 @@ def _recorded_fp(var: records.Variable) -> str:
     return f"h:{var.ref.hash}"
 
 
-def _decode_outputs(log: LogDB, ref: objects.StoredRef | None) -> list[dict]:
+def _decode_outputs(log: LogDB, ref: values.StoredRef | None) -> list[dict]:
     if ref is None:
         return []
-    return json.loads(objects.load_bytes(log, ref))
+    return json.loads(values.load_bytes(log, ref))

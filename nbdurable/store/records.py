@@ -6,7 +6,7 @@ Writers build a :data:`Statement` (one INSERT into ``events``) that the caller r
 
 Inline payloads: an event's ``data`` column is the concatenation of its small payloads; its JSON
 ``body`` says, for each, ``[hash, size, offset, mac]`` (offset ``null``: the payload is in the blob
-file named ``hash``), and ``mac``, the HMAC of those bytes (:mod:`nbdurable.signing`).
+file named ``hash``), and ``mac``, the HMAC of those bytes (:mod:`nbdurable.store.signing`).
 """
 
 from __future__ import annotations
@@ -14,20 +14,31 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from . import schema
-from .objects import StoredRef
-from .processes import HOST
+from nbdurable import processes
+from nbdurable.processes import HOST, ProcessId
+from nbdurable.store import schema
 
 Statement = tuple[str, list]
+
+
+@dataclass(frozen=True)
+class StoredRef:
+    """How a row refers to its bytes: ``data`` inline, or ``None`` with a blob named ``hash``;
+    ``mac``: their HMAC-SHA256 under the user's secret (:mod:`nbdurable.store.signing`)."""
+
+    hash: str
+    size: int
+    data: bytes | None
+    mac: str | None = None
 _INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
 def now() -> datetime:
     """The current time as a naive UTC timestamp (the log's convention)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _dumps(value: Any) -> str:
@@ -105,10 +116,17 @@ class Attempt:
     forced: bool = False  # --force or a reset: earlier calls and waits are not reused
 
 
+def _process() -> dict:
+    """Who writes an attempt or a ``once``: pid, host and start time (so that a reused PID
+    does not pass for the process that died)."""
+    me = processes.me()
+    return {"pid": me.pid, "host": me.host, "started": me.started}
+
+
 def attempt_started(attempt: Attempt, *, source: str, forced: bool,
                     reason: str | None) -> Statement:
     body = {"source_hash": attempt.source_hash, "source": source, "inputs": attempt.inputs,
-            "forced": forced, "reason": reason, "pid": os.getpid(), "host": HOST}
+            "forced": forced, "reason": reason, **_process()}
     return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.ATTEMPT_STARTED,
                      attempt.started_at, _dumps(body), None]
 
@@ -235,6 +253,11 @@ class OnceState:
     at: datetime
     pid: int | None
     host: str | None
+    started: int | None = None  # the process's start time: a reused PID is another process
+
+    @property
+    def process(self) -> ProcessId | None:
+        return ProcessId(self.pid, self.host or "", self.started) if self.pid else None
 
 
 def once_state(con, run: str, key: str) -> OnceState | None:
@@ -248,36 +271,16 @@ def once_state(con, run: str, key: str) -> OnceState | None:
     body = json.loads(body)
     status = "running" if kind == schema.ONCE_STARTED else body["status"]
     return OnceState(status, stored_ref(body.get("result"), data), at, body.get("pid"),
-                     body.get("host"))
+                     body.get("host"), body.get("started"))
 
 
 def once_event(kind: str, run: str, key: str, *, step: str | None = None, status: str = "",
                result: StoredRef | None = None, error: dict | None = None) -> Statement:
     payloads = _Payloads()
     body = {"key": key, "status": status, "result": payloads.add(result), "error": error,
-            "pid": os.getpid(), "host": HOST}
+            **_process()}
     return _INSERT, [run, step, None, kind, now(), _dumps(body), payloads.data()]
 
 
 # -- reading for people -------------------------------------------------------------------------
 
-HISTORY_SQL = """
-SELECT run, step, status, attempt, started_at, finished_at, duration_s, reason, forced, error,
-       pid, host
-FROM ({attempts}) {where} ORDER BY started_at, run, step, attempt
-"""
-
-RUNS_SQL = """
-WITH a AS ({attempts}),
-latest AS (SELECT * FROM a QUALIFY row_number() OVER (PARTITION BY run, step
-                                                      ORDER BY attempt DESC) = 1),
-steps AS (SELECT run, count(*) FILTER (WHERE status = 'completed') AS completed,
-                 count(*) FILTER (WHERE status = 'failed') AS failed,
-                 list([status, CAST(pid AS VARCHAR), host]) AS latest
-          FROM latest GROUP BY run),
-counts AS (SELECT run, count(*) AS attempts FROM a GROUP BY run)
-SELECT r.run, r.notebook, r.created_at, r.last_activity, coalesce(s.completed, 0),
-       coalesce(s.failed, 0), coalesce(c.attempts, 0), s.latest
-FROM ({runs}) r LEFT JOIN steps s USING (run) LEFT JOIN counts c USING (run)
-ORDER BY r.last_activity DESC
-"""

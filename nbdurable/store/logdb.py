@@ -56,21 +56,18 @@ import os
 import random
 import re
 import secrets
-import socket
 import sys
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
-from . import files, interrupts, processes, schema, spool
-from .blobs import BlobStore
-from .errors import (
+from nbdurable import interrupts, processes
+from nbdurable.errors import (
     LogBusyError,
     LogCorruptError,
     LogError,
@@ -78,7 +75,11 @@ from .errors import (
     NbdurableError,
     NotALogError,
     UsageError,
+    first_line,
 )
+from nbdurable.store import files, schema, spool
+from nbdurable.store.blobs import BlobStore
+from nbdurable.store.sidecars import Sidecars
 
 if TYPE_CHECKING:
     import duckdb
@@ -128,9 +129,10 @@ class LogDB:
 
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 30.0, linger: float = 0.05):
         if not lock_timeout >= 0 or not linger >= 0:
-            raise UsageError(f"lock_timeout and linger must be >= 0 seconds, got {lock_timeout!r}, {linger!r}")
+            raise UsageError("lock_timeout and linger must be >= 0 seconds, "
+                             f"got {lock_timeout!r}, {linger!r}")
         self.path = _resolve(path)
-        self.blobs = BlobStore(Path(f"{self.path}.blobs"))
+        self.blobs = BlobStore(Sidecars.of(self.path).blobs)
         self.lock_timeout = float(lock_timeout)
         self.linger = float(linger)
         self._lease = _Lease(self.path, self.lock_timeout, self.linger)
@@ -178,7 +180,7 @@ class LogDB:
             except duckdb.Error as e:
                 if _interrupted(e):
                     raise
-                raise LogError(f"the log {self.path} refused a write: {_first_line(e)}") from e
+                raise LogError(f"the log {self.path} refused a write: {first_line(e)}") from e
 
     def trusted_macs(self, digest: str) -> list[str]:
         """The signatures ``nbdurable trust`` recorded for the value named ``digest``."""
@@ -403,7 +405,7 @@ class _Lease:
                 self.drained = self.drain_in_transaction()
         except duckdb.Error as e:
             self.reset()
-            raise LogError(f"cannot start a transaction on the log {self.path}: {_first_line(e)}") from e
+            raise LogError(f"cannot start a transaction on the log {self.path}: {first_line(e)}") from e
         except BaseException:  # an interrupt held back until BEGIN was noted: undo it
             if self.depth:
                 self.rollback()
@@ -417,7 +419,7 @@ class _Lease:
         except BaseException as e:  # also KeyboardInterrupt: never leave a transaction open
             self.reset()
             if isinstance(e, duckdb.Error):
-                raise LogError(f"could not commit to the log {self.path}: {_first_line(e)}") from e
+                raise LogError(f"could not commit to the log {self.path}: {first_line(e)}") from e
             raise
         spool.remove(drained)  # in the log now
         self.after_transaction()
@@ -492,7 +494,7 @@ class _Lease:
             self.attach(read_only=False, deadline=deadline)
         except duckdb.Error as e:  # not an expected condition: start over with a new connection
             self.reset()
-            raise LogError(f"cannot open the log {self.path}: {_first_line(e)}") from e
+            raise LogError(f"cannot open the log {self.path}: {first_line(e)}") from e
         except BaseException:
             if self.attached:
                 with suppress(duckdb.Error):
@@ -535,8 +537,8 @@ class _Lease:
             return
         try:
             files.private_dir(self.path.parent)
-            self.lock_fd = files.open_private(f"{self.path}.lock", os.O_RDWR)
-            self.wait_fd = files.open_private(f"{self.path}.wait", os.O_RDWR)
+            self.lock_fd = files.open_private(Sidecars.of(self.path).lock, os.O_RDWR)
+            self.wait_fd = files.open_private(Sidecars.of(self.path).wait, os.O_RDWR)
         except OSError as e:
             self.close_fds()
             raise LogError(
@@ -589,7 +591,7 @@ class _Lease:
 
     def write_identity(self) -> None:
         """Tell waiters who holds the lease (for their error message only: failures are ignored)."""
-        data = f"{os.getpid()} {_HOST} {processes.program()}".encode("utf-8", "replace")
+        data = f"{os.getpid()} {processes.HOST_TOKEN} {processes.program()}".encode("utf-8", "replace")
         data = data[: _GENERATION_AT - 1].ljust(_GENERATION_AT - 1) + b"\n"
         with suppress(OSError):
             os.pwrite(self.lock_fd, data, 0)
@@ -644,10 +646,10 @@ class _Lease:
             holder = f"PID {words[0]} on {words[1]} ({words[2]})"
         else:
             holder = "another process"
-        if words[:2] == [str(os.getpid()), _HOST]:
+        if words[:2] == [str(os.getpid()), processes.HOST_TOKEN]:
             return (
                 f"could not get the log {self.path} within {self.lock_timeout:g} s: another LogDB of this "
-                f"process (PID {words[0]}) holds it; share one per log with nbdurable.logdb.open_log()"
+                f"process (PID {words[0]}) holds it; share one per log with nbdurable.store.logdb.open_log()"
             )
         return (
             f"could not get the log {self.path} within {self.lock_timeout:g} s: it is held by "
@@ -698,14 +700,15 @@ class _Lease:
     def read_meta(self) -> dict[str, str] | None:
         try:
             found = self.conn.execute(
-                "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'nbdurable_meta'",
+                "SELECT count(*) FROM duckdb_tables() "
+                "WHERE database_name = ? AND table_name = 'nbdurable_meta'",
                 [ALIAS],
             ).fetchone()[0]
             if not found:
                 return None
             rows = self.conn.execute("SELECT key, value FROM nbdurable_meta ORDER BY rowid").fetchall()
         except duckdb.Error as e:
-            why = f"its nbdurable_meta table is unreadable: {_first_line(e)}"
+            why = f"its nbdurable_meta table is unreadable: {first_line(e)}"
             raise NotALogError(_not_a_log(self.path, why)) from e
         meta: dict[str, str] = {}
         for key, value in rows:
@@ -721,7 +724,7 @@ class _Lease:
             files.sync(tmp)
             _publish(tmp, self.path)
         except duckdb.Error as e:
-            raise LogError(f"cannot create the log {self.path}: {_first_line(e)}") from e
+            raise LogError(f"cannot create the log {self.path}: {first_line(e)}") from e
         except OSError as e:
             raise LogError(
                 f"cannot create the log {self.path}: {e.strerror or e}; "
@@ -812,7 +815,8 @@ class _Lease:
             self.abandon()
             return
         if not self.lock.acquire(timeout=self.lock_timeout if wait is None else wait):
-            raise LogBusyError(f"cannot close the log {self.path}: another thread of this process is using it")
+            raise LogBusyError(f"cannot close the log {self.path}: "
+                               "another thread of this process is using it")
         try:
             if self.closed:
                 return
@@ -954,11 +958,6 @@ def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _not_a_log(path: Path, why: str) -> str:
     return f"{path} is not an nbdurable log ({why}); point NBDURABLE_LOG at another file or delete it"
 
@@ -1000,13 +999,13 @@ def _attach_error(path: Path, e: duckdb.Error) -> NbdurableError:
     if "storage version" in text or "newer version of DuckDB" in text:
         return LogVersionError(
             f"the log {path} was written by a newer DuckDB than {duckdb.__version__} "
-            f"({_first_line(e)}); upgrade nbdurable and duckdb to use it"
+            f"({first_line(e)}); upgrade nbdurable and duckdb to use it"
         )
     if "not a valid DuckDB database" in text:
         return NotALogError(_not_a_log(path, "it is not a DuckDB database file"))
     if "Corrupt database" in text or "checksum" in text:
         return LogCorruptError(
-            f"the log {path} is damaged ({_first_line(e)}); restore it from a backup, "
+            f"the log {path} is damaged ({first_line(e)}); restore it from a backup, "
             "or point NBDURABLE_LOG at another file"
         )
     if "Unique file handle conflict" in text:
@@ -1015,12 +1014,12 @@ def _attach_error(path: Path, e: duckdb.Error) -> NbdurableError:
             "duckdb connection, or this process was forked while its parent was writing the log); "
             "close that connection, or start worker processes with the 'spawn' method"
         )
-    return LogError(f"cannot open the log {path}: {_first_line(e)}")
+    return LogError(f"cannot open the log {path}: {first_line(e)}")
 
 
 def _query_error(path: Path, e: duckdb.Error) -> NbdurableError:
     """One line, with what to do, for a DuckDB error while using the log."""
-    text, first = str(e), _first_line(e)
+    text, first = str(e), first_line(e)
     if "No space left" in text or "disk is full" in text.lower():
         return LogError(f"the disk holding the log {path} is full ({first}); free some space "
                         "(checkpoints wait safely in the kernels' journals meanwhile)")
@@ -1046,7 +1045,7 @@ def _meta_rows() -> list[tuple[str, str]]:
     return [
         ("format", schema.FORMAT),
         ("schema_version", str(schema.SCHEMA_VERSION)),
-        ("created_at", datetime.now(timezone.utc).isoformat()),
+        ("created_at", datetime.now(UTC).isoformat()),
         ("created_by", _created_by()),
     ]
 
@@ -1076,4 +1075,3 @@ def _publish(tmp: Path, path: Path) -> None:
     files.sync(path.parent)
 
 
-_HOST = socket.gethostname().replace(" ", "_") or "localhost"

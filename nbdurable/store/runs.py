@@ -1,0 +1,19 @@
+"""Which runs a log holds."""
+
+from __future__ import annotations
+
+from nbdurable.errors import UnknownRunError
+from nbdurable.store import journal
+
+
+def require_run(con, db, run: str) -> None:
+    """Raise UnknownRunError naming the runs there are, unless ``run`` is in the log."""
+    if con.execute("SELECT 1 FROM events WHERE run = ? LIMIT 1", [run]).fetchone():
+        return
+    if any(r[0] == run for r in journal.live_rows(db.path, run)):
+        return
+    known = [r for (r,) in con.execute("SELECT DISTINCT run FROM events ORDER BY run LIMIT 11")
+             .fetchall()]
+    listed = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none"
+    raise UnknownRunError(f"run {run!r} is not in the log {db.path} (runs there: {listed}); "
+                          "check the run id, or `nbdurable runs` to list them")
