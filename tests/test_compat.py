@@ -53,3 +53,21 @@ def test_a_0_1_log_reads_in_every_command(release_0_1):
     assert [w["status"] for w in steps["approve"]["waits"]] == ["completed"]
     events = json.loads(cli(release_0_1, "event", "list", "fixture", "--json").stdout)
     assert [(e["id"], e["status"]) for e in events] == [("go-1", "consumed")]
+
+
+def test_the_kinds_and_statuses_0_1_stored_are_those_of_the_enums(release_0_1):
+    """Event kinds and statuses are enums in the code and the same text in the file."""
+    import duckdb
+
+    from nbdurable.store.schema import Kind, Status
+
+    con = duckdb.connect(str(release_0_1 / "log.duckdb"), read_only=True)
+    try:
+        kinds = {k for (k,) in con.execute("SELECT DISTINCT kind FROM events").fetchall()}
+        statuses = {s for (s,) in con.execute(
+            "SELECT DISTINCT body ->> 'status' FROM events WHERE body ->> 'status' <> ''"
+            ).fetchall() if s is not None}
+    finally:
+        con.close()
+    assert len(kinds) >= 8 and kinds <= set(Kind), kinds - set(Kind)
+    assert statuses and statuses <= set(Status), statuses - set(Status)

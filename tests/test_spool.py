@@ -99,10 +99,10 @@ def test_a_damaged_or_forged_spooled_push_is_set_aside(log, damage):
         data[20] ^= 0x01
         victim.write_bytes(bytes(data))
     elif damage == "unknown run":
-        forged(log, ["other", None, None, schema.EVENT_PUSHED, records.now(), body, None],
+        forged(log, ["other", None, None, schema.Kind.EVENT_PUSHED, records.now(), body, None],
                victim.stem)
     elif damage == "not a push":  # a forged checkpoint must never enter the log this way
-        forged(log, ["r1", "s", 1, schema.ATTEMPT_FINISHED, records.now(),
+        forged(log, ["r1", "s", 1, schema.Kind.ATTEMPT_FINISHED, records.now(),
                      '{"status": "completed"}', None], victim.stem)
     else:
         victim.write_bytes(victim.read_bytes()[:30])

@@ -29,6 +29,7 @@ from nbdurable.store import records
 from nbdurable.store.journal import Journal
 from nbdurable.store.logdb import LogDB, open_log
 from nbdurable.store.runindex import RunIndex
+from nbdurable.store.schema import Status
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class Engine:
         spec, log, run = decision.spec, decision.log, decision.run
         index = self._index(log, run)
         index.ensure()
-        attempt = records.Attempt(run, spec.name, index.next_number(spec.name), "running",
+        attempt = records.Attempt(run, spec.name, index.next_number(spec.name), Status.RUNNING,
                                   spec.source_hash, decision.inputs, records.now(),
                                   forced=decision.force)
         since = attempt.attempt if decision.force else index.since(spec.name)
@@ -248,7 +249,7 @@ class Engine:
     def _not_checkpointed(self, execution: Execution, exc: CheckpointError) -> list:
         """A failed outcome without outputs or variables, if the journal can still take it."""
         attempt = execution.attempt
-        attempt.status, attempt.variables, attempt.outputs = "failed", None, None
+        attempt.status, attempt.variables, attempt.outputs = Status.FAILED, None, None
         attempt.finished_at = records.now()
         attempt.duration_s = time.perf_counter() - execution.clock
         row = records.attempt_finished(attempt, error={"ename": "CheckpointError",
@@ -268,11 +269,12 @@ class Engine:
         attempt = execution.attempt
         if ok:
             result = self._checkpoint(execution, log)
-            attempt.status, attempt.variables = "completed", result.pop("variables")
+            attempt.status, attempt.variables = Status.COMPLETED, result.pop("variables")
             attempt.unstorable = result["unstorable"]
         else:
             ename = (error or {}).get("ename")
-            attempt.status = "interrupted" if ename == "KeyboardInterrupt" else "failed"
+            attempt.status = (Status.INTERRUPTED if ename == "KeyboardInterrupt"
+                              else Status.FAILED)
         attempt.finished_at = records.now()
         attempt.duration_s = time.perf_counter() - execution.clock
         attempt.outputs = out_ref
@@ -354,9 +356,9 @@ def _why_execute(spec: CellSpec, inputs: dict[str, str], checkpoint: records.Att
     if checkpoint is None:
         if last is None:
             return None
-        return {"failed": "the previous attempt failed",
-                "interrupted": "the previous attempt was interrupted",
-                "running": "the previous attempt did not finish (the kernel died)"}.get(
+        return {Status.FAILED: "the previous attempt failed",
+                Status.INTERRUPTED: "the previous attempt was interrupted",
+                Status.RUNNING: "the previous attempt did not finish (the kernel died)"}.get(
                     last.status, f"the previous attempt is {last.status}")
     if spec.force:
         return "--force"

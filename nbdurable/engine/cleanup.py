@@ -52,8 +52,8 @@ def gc(*, log=None, dry_run: bool = False) -> GcResult:
     """Remove unreferenced blobs, dead processes' temporary files and old quarantine files."""
     db = resolve_log(log)
     with db.lease() as con:  # journals are read after the log: a reference can only be newer
-        rows = queries.value_rows(con, (schema.ATTEMPT_FINISHED, schema.CALL_COMPLETED,
-                                        schema.ONCE_FINISHED))
+        rows = queries.value_rows(con, (schema.Kind.ATTEMPT_FINISHED, schema.Kind.CALL_COMPLETED,
+                                        schema.Kind.ONCE_FINISHED))
     used = {ref.hash for row in rows for ref in _refs(row.body, row.data)}
     used |= {ref.hash for row in _journal_rows(db.path) for ref in _refs(row[5], row[6])}
     result = GcResult(str(db.path), dry_run)

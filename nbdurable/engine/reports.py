@@ -179,7 +179,7 @@ def _waits(rows: list[queries.WaitRow]) -> dict[str, list[dict]]:
         w = found.setdefault(key, {"wait": body.get("wait"), "attempt": attempt,
                                    "waiting_for": describe_spec(body["spec"]),
                                    "status": "waiting", "outcome": "waiting"})
-        if kind == schema.WAIT_COMPLETED:
+        if kind == schema.Kind.WAIT_COMPLETED:
             w["status"] = "completed"
             w["outcome"] = describe_outcome(body["spec"], body["outcome"])
     by_step: dict[str, list[dict]] = {}

@@ -37,7 +37,7 @@ def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
         chosen = order[steps.index(from_step):] if from_step is not None else order
         rows = [records.step_reset(run, step, last) for step, last in chosen]
         if include_once:
-            rows += [list(records.once_event(schema.ONCE_RESET, run, key)[1])
+            rows += [list(records.once_event(schema.Kind.ONCE_RESET, run, key)[1])
                      for key in queries.once_keys(con, run, {step for step, _ in chosen})]
         if rows:
             con.execute(*records.combine_rows(rows))

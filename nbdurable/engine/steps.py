@@ -35,7 +35,7 @@ from nbdurable.errors import (
     UsageError,
 )
 from nbdurable.store import records
-from nbdurable.store.schema import ONCE_FINISHED, ONCE_RESET, ONCE_STARTED
+from nbdurable.store.schema import Kind, Status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -173,15 +173,15 @@ def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
     ctx = context.current()
     with log.transaction(announce=False) as con:
         state = records.once_state(con, run, key)
-        if state is not None and state.status == "completed":
+        if state is not None and state.status == Status.COMPLETED:
             return _once_result(log, key, state)
-        if state is not None and state.status == "running":
+        if state is not None and state.status == Status.RUNNING:
             raise _in_doubt(key, state)
-        con.execute(*records.once_event(ONCE_STARTED, run, key, step=ctx and ctx.step))
+        con.execute(*records.once_event(Kind.ONCE_STARTED, run, key, step=ctx and ctx.step))
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
-        log.execute(*records.once_event(ONCE_FINISHED, run, key, status="failed", error={
+        log.execute(*records.once_event(Kind.ONCE_FINISHED, run, key, status=Status.FAILED, error={
             "ename": type(exc).__name__, "evalue": str(exc)}), announce=False)
         raise
     _record_once(log, run, key, result)
@@ -196,7 +196,7 @@ def _record_once(log, run: str, key: str, result: Any) -> None:
         warnings.warn(f"once({key!r}) returned a value nbdurable cannot store ({exc.reason}); "
                       "later calls return None", UnstorableValueWarning, stacklevel=3)
         ref = None
-    log.execute(*records.once_event(ONCE_FINISHED, run, key, status="completed", result=ref),
+    log.execute(*records.once_event(Kind.ONCE_FINISHED, run, key, status=Status.COMPLETED, result=ref),
                 announce=False)
 
 
@@ -227,7 +227,7 @@ def once_reset(key: str, *, run: str | None = None, log=None) -> bool:
     log, run = _where(run, log)
     with log.transaction(announce=False) as con:
         existed = records.once_state(con, run, key) is not None
-        con.execute(*records.once_event(ONCE_RESET, run, key))
+        con.execute(*records.once_event(Kind.ONCE_RESET, run, key))
     return existed
 
 

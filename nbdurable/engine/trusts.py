@@ -20,7 +20,7 @@ from nbdurable.errors import LogCorruptError
 from nbdurable.store import queries, records, schema, signing
 from nbdurable.store.runs import require_run
 
-_KINDS = (schema.ATTEMPT_FINISHED, schema.CALL_COMPLETED, schema.ONCE_FINISHED)
+_KINDS = (schema.Kind.ATTEMPT_FINISHED, schema.Kind.CALL_COMPLETED, schema.Kind.ONCE_FINISHED)
 
 
 @dataclass

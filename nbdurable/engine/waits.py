@@ -266,7 +266,7 @@ class Wait:
 
     def _record_start(self, con) -> None:
         """``wait_started``: the deadlines, so that a restart waits only what is left."""
-        self._write(schema.WAIT_STARTED, {"deadlines": [_iso(d) for d in self.deadlines],
+        self._write(schema.Kind.WAIT_STARTED, {"deadlines": [_iso(d) for d in self.deadlines],
                                           "timeout_at": _iso(self.timeout_at)}, con)
         self._start_unrecorded = False
 
@@ -308,7 +308,7 @@ class Wait:
         outcome = self._outcome(pending, now)
         if outcome is not None:
             consumed = outcome.pop("_consumed")
-            self._write(schema.WAIT_COMPLETED, {"outcome": outcome, "consumed": consumed}, con)
+            self._write(schema.Kind.WAIT_COMPLETED, {"outcome": outcome, "consumed": consumed}, con)
             _floors.raise_to(self._floor_key(), _floor_after(pending, set(consumed)))
             if len(pending) > len(consumed):  # more for this cell's waits: keep the lease
                 self.log.hold(HOLD)

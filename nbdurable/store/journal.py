@@ -61,8 +61,7 @@ _RECOVER = ("INSERT INTO events SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SEL
 _DRAIN_TIMEOUT = 10.0
 _BATCH_WINDOW = 0.05  # seconds the writer waits for more attempts to insert together
 _RETRY_FIRST, _RETRY_CAP = 0.2, 10.0  # backoff of a batch that did not reach the log
-_KINDS = frozenset(v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str)
-                   and k not in ("FORMAT", "ATTEMPTS_SELECT", "RUNS_SELECT"))
+_KINDS = frozenset(schema.Kind)
 
 
 # -- lines --------------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ class LogDB:
     def trusted_macs(self, digest: str) -> list[str]:
         """The signatures ``nbdurable trust`` recorded for the value named ``digest``."""
         rows = self.execute("SELECT body ->> 'mac' FROM events WHERE kind = ? AND "
-                            "body ->> 'hash' = ?", [schema.VALUE_TRUSTED, digest],
+                            "body ->> 'hash' = ?", [schema.Kind.VALUE_TRUSTED, digest],
                             announce=False)
         return [mac for (mac,) in rows if mac]
 

@@ -49,7 +49,7 @@ class Consumption:
 
 def push_row(run: str, body: str) -> list:
     """The ``event_pushed`` row of a push (written by the spool, or :func:`append`)."""
-    return [run, None, None, schema.EVENT_PUSHED, records.now(), body, None]
+    return [run, None, None, schema.Kind.EVENT_PUSHED, records.now(), body, None]
 
 
 def push_if_new(con, run: str, event_id: str, body: str) -> bool:
@@ -59,14 +59,14 @@ def push_if_new(con, run: str, event_id: str, body: str) -> bool:
         "INSERT INTO events SELECT ?, NULL, NULL, ?, ?, ?, NULL WHERE EXISTS (SELECT 1 FROM"
         " events WHERE run = ?) AND NOT EXISTS (SELECT 1 FROM events WHERE run = ? AND"
         " kind = ? AND body ->> 'id' = ?) RETURNING 1",
-        [run, schema.EVENT_PUSHED, records.now(), body, run, run, schema.EVENT_PUSHED,
+        [run, schema.Kind.EVENT_PUSHED, records.now(), body, run, run, schema.Kind.EVENT_PUSHED,
          event_id]).fetchall())
 
 
 def pushed_body(con, run: str, event_id: str) -> dict | None:
     """The body of the push of ``event_id`` in ``run``, if there is one."""
     row = con.execute("SELECT body FROM events WHERE run = ? AND kind = ? AND body ->> 'id' = ?",
-                      [run, schema.EVENT_PUSHED, event_id]).fetchone()
+                      [run, schema.Kind.EVENT_PUSHED, event_id]).fetchone()
     return json.loads(row[0]) if row else None
 
 
@@ -96,7 +96,7 @@ def pending(con, run: str, keys, per_key: int | None = None, floor: int = 0) -> 
         f" body ->> 'key' IN ({marks}) AND body ->> 'id' NOT IN (SELECT unnest("
         "json_extract_string(body, '$.consumed[*]')) FROM events WHERE rowid >= ? AND run = ?"
         f" AND kind = ?) {limit} ORDER BY rowid",
-        [floor, run, schema.EVENT_PUSHED, *keys, floor, run, schema.WAIT_COMPLETED,
+        [floor, run, schema.Kind.EVENT_PUSHED, *keys, floor, run, schema.Kind.WAIT_COMPLETED,
          *([per_key] if per_key else [])]).fetchall()
     found = []
     for rowid, ts, body in rows:
@@ -108,14 +108,14 @@ def pending(con, run: str, keys, per_key: int | None = None, floor: int = 0) -> 
 def id_at(con, rowid: int) -> str | None:
     """The id of the event pushed at ``rowid``, if the row there is one."""
     row = con.execute("SELECT body ->> 'id' FROM events WHERE rowid = ? AND kind = ?",
-                      [rowid, schema.EVENT_PUSHED]).fetchone()
+                      [rowid, schema.Kind.EVENT_PUSHED]).fetchone()
     return row[0] if row else None
 
 
 def pushed(con, run: str) -> list[Pushed]:
     """Every event pushed to ``run``, oldest first."""
     rows = con.execute("SELECT ts, body FROM events WHERE run = ? AND kind = ? ORDER BY rowid",
-                       [run, schema.EVENT_PUSHED]).fetchall()
+                       [run, schema.Kind.EVENT_PUSHED]).fetchall()
     found = []
     for ts, body in rows:
         body = json.loads(body)
@@ -126,7 +126,7 @@ def pushed(con, run: str) -> list[Pushed]:
 def consumptions(con, run: str) -> dict[str, Consumption]:
     """id -> the wait that consumed it."""
     rows = con.execute("SELECT step, ts, body FROM events WHERE run = ? AND kind = ?"
-                       " ORDER BY rowid", [run, schema.WAIT_COMPLETED]).fetchall()
+                       " ORDER BY rowid", [run, schema.Kind.WAIT_COMPLETED]).fetchall()
     consumed = {}
     for step, ts, body in rows:
         body = json.loads(body)
@@ -159,11 +159,11 @@ def recorded_wait(con, run: str, step: str, wait: str, source_hash: str,
     rows = con.execute(
         "SELECT kind, body FROM events WHERE run = ? AND step = ? AND kind IN (?, ?)"
         " AND body ->> 'wait' = ? AND body ->> 'source_hash' = ? AND attempt >= ?"
-        " ORDER BY rowid", [run, step, schema.WAIT_STARTED, schema.WAIT_COMPLETED, wait,
+        " ORDER BY rowid", [run, step, schema.Kind.WAIT_STARTED, schema.Kind.WAIT_COMPLETED, wait,
                             source_hash, since]).fetchall()
     started = completed = None
     for kind, body in rows:
-        if kind == schema.WAIT_STARTED:
+        if kind == schema.Kind.WAIT_STARTED:
             started, completed = json.loads(body), None
         else:
             completed = json.loads(body)

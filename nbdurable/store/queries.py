@@ -126,14 +126,14 @@ def attempt_lines(con, events: str, run: str) -> list[AttemptLine]:
 def replays(con, run: str) -> dict[str, tuple[int, datetime]]:
     """step -> (how many times it was replayed, when last)."""
     rows = con.execute("SELECT step, count(*), max(ts) FROM events WHERE run = ? AND kind = ?"
-                       " GROUP BY step", [run, schema.REPLAYED]).fetchall()
+                       " GROUP BY step", [run, schema.Kind.REPLAYED]).fetchall()
     return {step: (n, ts) for step, n, ts in rows}
 
 
 def wait_rows(con, run: str) -> list[WaitRow]:
     rows = con.execute("SELECT step, attempt, kind, body FROM events WHERE run = ? AND"
                        " kind IN (?, ?) ORDER BY rowid",
-                       [run, schema.WAIT_STARTED, schema.WAIT_COMPLETED]).fetchall()
+                       [run, schema.Kind.WAIT_STARTED, schema.Kind.WAIT_COMPLETED]).fetchall()
     return [WaitRow(step, attempt, kind, json.loads(body)) for step, attempt, kind, body in rows]
 
 
@@ -167,14 +167,14 @@ def step_order(con, events: str, run: str) -> list[tuple[str, int]]:
     """(step, its latest attempt) for each step of ``run``, in the order they first ran."""
     rows = con.execute(
         f"SELECT step, max(attempt) FROM {events} WHERE run = ? AND kind = ? GROUP BY step"
-        " ORDER BY min(ts), step", [run, schema.ATTEMPT_STARTED]).fetchall()
+        " ORDER BY min(ts), step", [run, schema.Kind.ATTEMPT_STARTED]).fetchall()
     return [(step, last) for step, last in rows]
 
 
 def once_keys(con, run: str, steps: set[str]) -> list[str]:
     """The ``once`` keys that the steps ``steps`` of ``run`` started."""
     rows = con.execute("SELECT DISTINCT step, body FROM events WHERE run = ? AND kind = ?",
-                       [run, schema.ONCE_STARTED]).fetchall()
+                       [run, schema.Kind.ONCE_STARTED]).fetchall()
     return sorted({json.loads(body)["key"] for step, body in rows if step in steps})
 
 

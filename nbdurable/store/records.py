@@ -81,7 +81,7 @@ def stored_ref(spec: list | None, data: bytes | None) -> StoredRef | None:
 def run_created(run: str, notebook: str | None) -> list:
     """A run_created event row: a session of this process started using the run."""
     body = _dumps({"notebook": notebook, "pid": os.getpid(), "host": HOST})
-    return [run, None, None, schema.RUN_CREATED, now(), body, None]
+    return [run, None, None, schema.Kind.RUN_CREATED, now(), body, None]
 
 
 # -- attempts -----------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def attempt_started(attempt: Attempt, *, source: str, forced: bool,
                     reason: str | None) -> Statement:
     body = {"source_hash": attempt.source_hash, "source": source, "inputs": attempt.inputs,
             "forced": forced, "reason": reason, **_process()}
-    return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.ATTEMPT_STARTED,
+    return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.Kind.ATTEMPT_STARTED,
                      attempt.started_at, _dumps(body), None]
 
 
@@ -145,7 +145,7 @@ def attempt_finished(attempt: Attempt, *, error: dict | None) -> Statement:
     body = {"status": attempt.status, "duration_s": attempt.duration_s,
             "variables": variables, "outputs": payloads.add(attempt.outputs),
             "unstorable": attempt.unstorable or {}, "error": error}
-    return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.ATTEMPT_FINISHED,
+    return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.Kind.ATTEMPT_FINISHED,
                      attempt.finished_at, _dumps(body), payloads.data()]
 
 
@@ -154,16 +154,16 @@ def run_attempts(con, run: str, pending: list[list] = ()) -> list[Attempt]:
     the log plus ``pending`` event rows (journals) that may not be in it yet."""
     rows = con.execute(
         "SELECT step, attempt, kind, ts, body, data FROM events WHERE run = ? AND kind IN (?, ?)"
-        " ORDER BY rowid", [run, schema.ATTEMPT_STARTED, schema.ATTEMPT_FINISHED]).fetchall()
+        " ORDER BY rowid", [run, schema.Kind.ATTEMPT_STARTED, schema.Kind.ATTEMPT_FINISHED]).fetchall()
     rows += [tuple(r[1:]) for r in pending if r[0] == run
-             and r[3] in (schema.ATTEMPT_STARTED, schema.ATTEMPT_FINISHED)]
+             and r[3] in (schema.Kind.ATTEMPT_STARTED, schema.Kind.ATTEMPT_FINISHED)]
     return assemble(run, rows)
 
 
 def run_resets(con, run: str) -> dict[str, int]:
     """step -> the highest attempt number a ``nbdurable reset`` voided."""
     return dict(con.execute("SELECT step, max(attempt) FROM events WHERE run = ? AND kind = ?"
-                            " GROUP BY step", [run, schema.STEP_RESET]).fetchall())
+                            " GROUP BY step", [run, schema.Kind.STEP_RESET]).fetchall())
 
 
 def stored_refs(body: dict, data: bytes | None) -> list[StoredRef]:
@@ -176,13 +176,13 @@ def stored_refs(body: dict, data: bytes | None) -> list[StoredRef]:
 
 def value_trusted(run: str, digest: str, mac: str) -> Statement:
     """``nbdurable trust``: the HMAC of a stored value's bytes under this user's secret."""
-    return _INSERT, [run, None, None, schema.VALUE_TRUSTED, now(),
+    return _INSERT, [run, None, None, schema.Kind.VALUE_TRUSTED, now(),
                      _dumps({"hash": digest, "mac": mac, "pid": os.getpid()}), None]
 
 
 def step_reset(run: str, step: str, attempt: int) -> list:
     """An event row voiding the checkpoints of ``step`` up to ``attempt``."""
-    return [run, step, attempt, schema.STEP_RESET, now(), _dumps({"pid": os.getpid()}), None]
+    return [run, step, attempt, schema.Kind.STEP_RESET, now(), _dumps({"pid": os.getpid()}), None]
 
 
 def assemble(run: str, rows) -> list[Attempt]:
@@ -190,13 +190,13 @@ def assemble(run: str, rows) -> list[Attempt]:
     attempts: dict[tuple[str, int], Attempt] = {}
     seen: set[tuple[str, int, str]] = set()
     for step, number, kind, ts, body, data in rows:
-        if (step, number, kind) in seen or kind not in (schema.ATTEMPT_STARTED,
-                                                        schema.ATTEMPT_FINISHED):
+        if (step, number, kind) in seen or kind not in (schema.Kind.ATTEMPT_STARTED,
+                                                        schema.Kind.ATTEMPT_FINISHED):
             continue
         seen.add((step, number, kind))
         body = json.loads(body)
-        if kind == schema.ATTEMPT_STARTED:
-            attempts[step, number] = Attempt(run, step, number, "running", body["source_hash"],
+        if kind == schema.Kind.ATTEMPT_STARTED:
+            attempts[step, number] = Attempt(run, step, number, schema.Status.RUNNING, body["source_hash"],
                                              body["inputs"], ts, forced=bool(body.get("forced")))
         elif (step, number) in attempts:
             _finish(attempts[step, number], ts, body, data)
@@ -206,7 +206,7 @@ def assemble(run: str, rows) -> list[Attempt]:
 def _finish(attempt: Attempt, at: datetime, body: dict, data: bytes | None) -> None:
     attempt.status, attempt.finished_at = body["status"], at
     attempt.duration_s, attempt.unstorable = body["duration_s"], body["unstorable"]
-    if attempt.status == "completed":
+    if attempt.status == schema.Status.COMPLETED:
         attempt.variables = [Variable(name, kind, stored_ref(ref, data), detail)
                              for name, kind, detail, ref in body["variables"]]
         attempt.outputs = stored_ref(body["outputs"], data)
@@ -214,7 +214,7 @@ def _finish(attempt: Attempt, at: datetime, body: dict, data: bytes | None) -> N
 
 def replayed(run: str, step: str, attempt: int) -> Statement:
     """Bookkeeping: a completed attempt was replayed instead of executed."""
-    return _INSERT, [run, step, attempt, schema.REPLAYED, now(),
+    return _INSERT, [run, step, attempt, schema.Kind.REPLAYED, now(),
                      _dumps({"pid": os.getpid()}), None]
 
 
@@ -225,7 +225,7 @@ def calls_of(con, run: str, step: str, since: int = 1) -> dict[str, tuple[str, S
     attempts numbered ``since`` or later."""
     rows = con.execute("SELECT body, data FROM events WHERE run = ? AND step = ? AND kind = ?"
                        " AND attempt >= ? ORDER BY rowid",
-                       [run, step, schema.CALL_COMPLETED, since]).fetchall()
+                       [run, step, schema.Kind.CALL_COMPLETED, since]).fetchall()
     calls = {}
     for body, data in rows:
         body = json.loads(body)
@@ -238,7 +238,7 @@ def call_completed(*, run: str, step: str, attempt: int, key: str, fingerprint: 
     payloads = _Payloads()
     body = {"key": key, "fingerprint": fingerprint, "result": payloads.add(result),
             "started_at": started.isoformat()}
-    return _INSERT, [run, step, attempt, schema.CALL_COMPLETED, now(), _dumps(body),
+    return _INSERT, [run, step, attempt, schema.Kind.CALL_COMPLETED, now(), _dumps(body),
                      payloads.data()]
 
 
@@ -264,12 +264,12 @@ def once_state(con, run: str, key: str) -> OnceState | None:
     row = con.execute(
         "SELECT kind, ts, body, data FROM events WHERE run = ? AND kind IN (?, ?, ?)"
         " AND body ->> 'key' = ? ORDER BY rowid DESC LIMIT 1",
-        [run, schema.ONCE_STARTED, schema.ONCE_FINISHED, schema.ONCE_RESET, key]).fetchone()
-    if row is None or row[0] == schema.ONCE_RESET:
+        [run, schema.Kind.ONCE_STARTED, schema.Kind.ONCE_FINISHED, schema.Kind.ONCE_RESET, key]).fetchone()
+    if row is None or row[0] == schema.Kind.ONCE_RESET:
         return None
     kind, at, body, data = row
     body = json.loads(body)
-    status = "running" if kind == schema.ONCE_STARTED else body["status"]
+    status = schema.Status.RUNNING if kind == schema.Kind.ONCE_STARTED else body["status"]
     return OnceState(status, stored_ref(body.get("result"), data), at, body.get("pid"),
                      body.get("host"), body.get("started"))
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import xxhash
 
-from nbdurable.store import files, journal, records, signing
+from nbdurable.store import files, journal, records, schema, signing
 from nbdurable.store.sidecars import Sidecars
 
 _FORMAT = 2
@@ -100,7 +100,7 @@ class RunIndex:
         if attempt.forced:
             self._since[step] = max(self._since.get(step, 1), number)
         done = self._completed.get(step)
-        if attempt.status == "completed" and (done is None or number >= done.attempt):
+        if attempt.status == schema.Status.COMPLETED and (done is None or number >= done.attempt):
             self._completed[step] = attempt
 
     # -- answers --------------------------------------------------------------------------------

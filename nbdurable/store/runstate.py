@@ -25,7 +25,8 @@ from nbdurable.processes import ProcessId
 from nbdurable.store import claims, records, schema
 from nbdurable.store.claims import Claim
 
-RUNNING, COMPLETED, FAILED, CRASHED = "running", "completed", "failed", "crashed"
+RUNNING, COMPLETED, FAILED, CRASHED = (schema.Status.RUNNING, schema.Status.COMPLETED,
+                                       schema.Status.FAILED, schema.Status.CRASHED)
 
 
 # -- the events a driver writes -----------------------------------------------------------------
@@ -35,17 +36,17 @@ def run_started(claim: Claim, *, notebook: str, output: str | None, parameters: 
     body = {"invocation": claim.invocation, "notebook": notebook, "output": output,
             "parameters": parameters, "max_restarts": max_restarts, "pid": os.getpid(),
             "host": records.HOST, "command": " ".join(sys.argv)}
-    return _row(claim.run, schema.RUN_STARTED, body)
+    return _row(claim.run, schema.Kind.RUN_STARTED, body)
 
 
 def kernel_died(claim: Claim, *, cell: int | None, restart: int) -> records.Statement:
-    return _row(claim.run, schema.KERNEL_DIED, {"invocation": claim.invocation, "cell": cell,
+    return _row(claim.run, schema.Kind.KERNEL_DIED, {"invocation": claim.invocation, "cell": cell,
                                                  "restart": restart})
 
 
 def run_finished(claim: Claim, *, status: str, error: dict | None,
                  restarts: int) -> records.Statement:
-    return _row(claim.run, schema.RUN_FINISHED, {"invocation": claim.invocation,
+    return _row(claim.run, schema.Kind.RUN_FINISHED, {"invocation": claim.invocation,
                                                   "status": status, "error": error,
                                                   "restarts": restarts})
 
@@ -72,7 +73,7 @@ def invocations(con, events: str = "events") -> dict[str, Invocation]:
     rows = con.execute(
         f"SELECT s.run, s.ts, s.body, f.body FROM {events} s LEFT JOIN {events} f"
         " ON f.run = s.run AND f.kind = ? AND f.body ->> 'invocation' = s.body ->> 'invocation'"
-        " WHERE s.kind = ? ORDER BY s.ts", [schema.RUN_FINISHED, schema.RUN_STARTED]).fetchall()
+        " WHERE s.kind = ? ORDER BY s.ts", [schema.Kind.RUN_FINISHED, schema.Kind.RUN_STARTED]).fetchall()
     found = {}
     for run, ts, started, finished in rows:
         started = json.loads(started)

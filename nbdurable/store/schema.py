@@ -13,26 +13,42 @@ Timestamps are UTC.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 FORMAT = "nbdurable-log"
 SCHEMA_VERSION = 1
 
-#: Event kinds.
-RUN_CREATED = "run_created"
-ATTEMPT_STARTED = "attempt_started"
-ATTEMPT_FINISHED = "attempt_finished"
-REPLAYED = "replayed"
-CALL_COMPLETED = "call_completed"
-ONCE_STARTED = "once_started"
-ONCE_FINISHED = "once_finished"
-ONCE_RESET = "once_reset"
-EVENT_PUSHED = "event_pushed"
-WAIT_STARTED = "wait_started"
-WAIT_COMPLETED = "wait_completed"
-RUN_STARTED = "run_started"  # a batch invocation of the run began (nbdurable run, papermill)
-KERNEL_DIED = "kernel_died"
-RUN_FINISHED = "run_finished"
-STEP_RESET = "step_reset"  # nbdurable reset: the step's checkpoints up to `attempt` are void
-VALUE_TRUSTED = "value_trusted"  # nbdurable trust: a stored value's HMAC under this user's key
+
+class Kind(StrEnum):
+    """The kind of an event row; stored as this text (``attempt_started``, ...)."""
+
+    RUN_CREATED = "run_created"
+    ATTEMPT_STARTED = "attempt_started"
+    ATTEMPT_FINISHED = "attempt_finished"
+    REPLAYED = "replayed"
+    CALL_COMPLETED = "call_completed"
+    ONCE_STARTED = "once_started"
+    ONCE_FINISHED = "once_finished"
+    ONCE_RESET = "once_reset"
+    EVENT_PUSHED = "event_pushed"
+    WAIT_STARTED = "wait_started"
+    WAIT_COMPLETED = "wait_completed"
+    RUN_STARTED = "run_started"  # a batch invocation of the run began (nbdurable run, papermill)
+    KERNEL_DIED = "kernel_died"
+    RUN_FINISHED = "run_finished"
+    STEP_RESET = "step_reset"  # nbdurable reset: the step's checkpoints up to `attempt` are void
+    VALUE_TRUSTED = "value_trusted"  # nbdurable trust: a stored value's HMAC under this user's key
+
+
+class Status(StrEnum):
+    """The status of an attempt, a ``once`` key or a run; stored as this text."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # an attempt stopped by Kernel → Interrupt
+    CRASHED = "crashed"  # a run whose process died with work in flight
+
 
 #: The ``attempts`` view's query, over any relation with the columns of ``events``.
 ATTEMPTS_SELECT = """

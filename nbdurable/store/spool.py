@@ -140,8 +140,8 @@ def drain(con, log_path: Path, paths: list[Path]) -> list[Path]:
     if rows:
         runs, _, _, _, stamps, bodies, _ = zip(*rows, strict=True)
         ids = [json.loads(body)["id"] for body in bodies]
-        con.execute(_INSERT, [schema.EVENT_PUSHED, list(runs), list(stamps), list(bodies), ids,
-                              list(range(len(rows))), schema.EVENT_PUSHED, min(stamps)])
+        con.execute(_INSERT, [schema.Kind.EVENT_PUSHED, list(runs), list(stamps), list(bodies), ids,
+                              list(range(len(rows))), schema.Kind.EVENT_PUSHED, min(stamps)])
     return done
 
 
@@ -152,7 +152,7 @@ def _read(log_path: Path, path: Path, runs_known: dict[str, bool]) -> Row:
     row = journal.decode(line[:-1])
     run, step, attempt, kind, _, body, data = row
     fields = json.loads(body)
-    if (kind != schema.EVENT_PUSHED or step is not None or attempt is not None or data
+    if (kind != schema.Kind.EVENT_PUSHED or step is not None or attempt is not None or data
             is not None or not isinstance(fields, dict) or not isinstance(fields.get("id"), str)
             or not isinstance(fields.get("key"), str)):
         raise journal.Damaged("it is not an event push")
