@@ -137,7 +137,8 @@ class _Invocation:
                                              output=self.job.output,
                                              parameters=self.job.parameters,
                                              max_restarts=self.job.max_restarts))
-        status, error = runstate.FAILED, {"ename": "Interrupted", "evalue": "the run stopped"}
+        status: str = runstate.FAILED
+        error: dict | None = {"ename": "Interrupted", "evalue": "the run stopped"}
         try:
             status, error = self._kernels()
         except Exception as exc:  # a kernel that cannot start, a timeout...

@@ -119,8 +119,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return {runstate.COMPLETED: 0, runstate.CRASHED: EXIT_CRASHED}.get(self.status,
-                                                                           EXIT_FAILED)
+        codes: dict[str, int] = {runstate.COMPLETED: 0, runstate.CRASHED: EXIT_CRASHED}
+        return codes.get(self.status, EXIT_FAILED)
 
     def message(self) -> str:
         """One line saying how it ended and what to do."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ast
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -42,7 +42,7 @@ class _Scope:
 
 def analyse(tree: ast.AST | Iterable[ast.stmt]) -> CellNames:
     """Names read, bound and deleted at module level by ``tree`` (a module or its statements)."""
-    body = tree.body if isinstance(tree, ast.Module) else list(tree)
+    body = tree.body if isinstance(tree, ast.Module) else list(tree)  # type: ignore[arg-type]
     visitor = _Visitor()
     reads: set[str] = set()
     bound: set[str] = set()  # definitely bound by an earlier top-level statement
@@ -122,15 +122,15 @@ class _Visitor(ast.NodeVisitor):
             self._bind(node.name)
         self.generic_visit(node)
 
-    def visit_MatchAs(self, node: ast.AST) -> None:
-        if getattr(node, "name", None):
+    def visit_MatchAs(self, node: ast.MatchAs | ast.MatchStar) -> None:
+        if node.name:
             self._bind(node.name)
         self.generic_visit(node)
 
     visit_MatchStar = visit_MatchAs
 
-    def visit_MatchMapping(self, node: ast.AST) -> None:
-        if getattr(node, "rest", None):
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        if node.rest:
             self._bind(node.rest)
         self.generic_visit(node)
 
@@ -169,7 +169,7 @@ class _Visitor(ast.NodeVisitor):
             rest += [gen.target, gen.iter, *gen.ifs]
         self._in_scope("comprehension", node, params=(), body=rest + elements)
 
-    def visit_ListComp(self, node: ast.ListComp) -> None:
+    def visit_ListComp(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp) -> None:
         self._comprehension(node, [node.elt])
 
     visit_SetComp = visit_ListComp
@@ -179,7 +179,7 @@ class _Visitor(ast.NodeVisitor):
         self._comprehension(node, [node.key, node.value])
 
     def _in_scope(self, kind: str, node: ast.AST, *, params: Iterable[str],
-                  body: list[ast.AST]) -> None:
+                  body: Sequence[ast.AST]) -> None:
         scope = _Scope(kind, local=set(params))
         self.stack.append(scope)
         for child in body:

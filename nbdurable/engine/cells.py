@@ -91,7 +91,7 @@ class Execution:
 class Finished:
     status: str
     attempt: int
-    duration_s: float
+    duration_s: float | None
     produced: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     unstorable: dict[str, str] = field(default_factory=dict)
@@ -167,6 +167,8 @@ class Engine:
         raises and leaves the namespace as it was.
         """
         cp, log = decision.checkpoint, decision.log
+        if cp is None:
+            raise CheckpointError(f"step {decision.spec.name!r} has no checkpoint to replay")
         variables = cp.variables or []
         if isinstance(self.namespace, dict):
             serializer.track_classes(self.namespace)
@@ -186,7 +188,9 @@ class Engine:
         if var.kind == "module":
             import importlib
 
-            return importlib.import_module(var.detail)
+            return importlib.import_module(var.detail or "")
+        if var.ref is None:
+            raise CheckpointError(f"variable {var.name!r} has no stored value")
         ns = self.namespace if isinstance(self.namespace, dict) else None
         return values.load_value(log, var.ref, ns)
 
@@ -350,16 +354,20 @@ class Engine:
         self.tracker.touched(names)
 
 
+_PREVIOUS: dict[str, str] = {
+    Status.FAILED: "the previous attempt failed",
+    Status.INTERRUPTED: "the previous attempt was interrupted",
+    Status.RUNNING: "the previous attempt did not finish (the kernel died)",
+}
+
+
 def _why_execute(spec: CellSpec, inputs: dict[str, str], checkpoint: records.Attempt | None,
                  last: records.Attempt | None) -> str | None:
     """None when the checkpoint can be replayed (or there is nothing yet), else the reason."""
     if checkpoint is None:
         if last is None:
             return None
-        return {Status.FAILED: "the previous attempt failed",
-                Status.INTERRUPTED: "the previous attempt was interrupted",
-                Status.RUNNING: "the previous attempt did not finish (the kernel died)"}.get(
-                    last.status, f"the previous attempt is {last.status}")
+        return _PREVIOUS.get(last.status, f"the previous attempt is {last.status}")
     if spec.force:
         return "--force"
     if checkpoint.source_hash != spec.source_hash:
@@ -378,6 +386,7 @@ def _why_execute(spec: CellSpec, inputs: dict[str, str], checkpoint: records.Att
 def _recorded_fp(var: records.Variable) -> str:
     if var.kind == "module":
         return f"m:{var.detail}"
+    assert var.ref is not None, "replay loaded it, so it has a stored value"
     return f"h:{var.ref.hash}"
 
 

@@ -66,7 +66,7 @@ def parse_payload(text: str) -> Any:
         return None
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise UsageError(f"the payload is not valid JSON ({exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}); quote strings: '\"yes\"'") from None
 

@@ -230,7 +230,8 @@ def pack(value: Any, *, main_globals: dict | None = None) -> Packed:
     header = _HEADER.pack(MAGIC, len(raws), stream.getbuffer().nbytes)
     header += b"".join(_LEN.pack(r.nbytes) for r in raws)
     chunks = (header, stream.getbuffer(), *raws)
-    return Packed(_digest(chunks), sum(memoryview(c).nbytes for c in chunks), chunks)
+    size = sum(memoryview(c).nbytes for c in chunks)  # type: ignore[arg-type,misc]  # all buffers
+    return Packed(_digest(chunks), size, chunks)
 
 
 def _digest(chunks: Iterable[Any]) -> str:
@@ -344,7 +345,8 @@ def read_parts(f: BinaryIO, on_piece: Callable[[Any], None] = lambda piece: None
     return Parts(stream, buffers)
 
 
-def _read_buffer(f: BinaryIO, length: int, on_piece: Callable[[Any], None]) -> bytearray:
+def _read_buffer(f: Any, length: int, on_piece: Callable[[Any], None]) -> bytearray:
+    """``length`` bytes of the binary file ``f`` (which has ``readinto``) into a new buffer."""
     buf = bytearray(length)
     view = memoryview(buf)
     for start in range(0, length, _SLICE):

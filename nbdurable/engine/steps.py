@@ -177,7 +177,7 @@ def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
             return _once_result(log, key, state)
         if state is not None and state.status == Status.RUNNING:
             raise _in_doubt(key, state)
-        con.execute(*records.once_event(Kind.ONCE_STARTED, run, key, step=ctx and ctx.step))
+        con.execute(*records.once_event(Kind.ONCE_STARTED, run, key, step=ctx.step if ctx else None))
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:

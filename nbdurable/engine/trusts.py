@@ -65,7 +65,7 @@ def _stored_values(db, run: str | None) -> dict:
             run = settings.check_run_id(run)
             require_run(con, db, run)
         rows = queries.value_rows(con, _KINDS, run)
-    refs = {}
+    refs: dict[tuple[str, str | None], tuple[str, values.StoredRef]] = {}
     for run_id, body, data in rows:
         for ref in records.stored_refs(json.loads(body), data):
             refs.setdefault((ref.hash, ref.mac), (run_id, ref))

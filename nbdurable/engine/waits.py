@@ -271,13 +271,15 @@ class Wait:
         self._start_unrecorded = False
 
     def _recorded(self, con) -> tuple[dict | None, dict | None]:
-        return mailbox.recorded_wait(con, self.run, self.ctx.step, self.key,
-                                     self.ctx.source_hash, self.ctx.since)
+        ctx = self.ctx
+        assert ctx is not None and self.key is not None, "only a step's waits are recorded"
+        return mailbox.recorded_wait(con, self.run, ctx.step, self.key, ctx.source_hash,
+                                     ctx.since)
 
     def _check_same(self, recorded: dict) -> None:
         if recorded["spec"] != json.loads(json.dumps(self.spec)):
             raise WaitMismatchError(
-                f"step {self.ctx.step!r} reached {self.key} = {self.describe()}, but the log "
+                f"step {self.ctx and self.ctx.step!r} reached {self.key} = {self.describe()}, but the log "
                 f"recorded {self.key} = {describe_spec(recorded['spec'])} at that point; the "
                 "cell's waits must not depend on data that changes between runs "
                 "(or run it with --force)")
@@ -332,7 +334,8 @@ class Wait:
     def _outcome(self, pending: list[mailbox.Pending], now: datetime) -> dict | None:
         if self.mode == "any":
             for i, cond in enumerate(self.conditions):
-                if isinstance(cond, Sleep) and self.deadlines[i] <= now:
+                deadline = self.deadlines[i]
+                if isinstance(cond, Sleep) and deadline is not None and deadline <= now:
                     return {"index": i, "payloads": [None], "_consumed": []}
                 if isinstance(cond, Event):
                     found = next((p for p in pending if p.key == cond.key), None)

@@ -26,14 +26,17 @@ class DurableMagics(Magics):
         # Normally the input transformer handles %%durable before IPython sees a cell magic.
         # This path serves explicit run_cell_magic("durable", ...) calls.
         shell = self.shell
+        assert shell is not None, "a registered magic has a shell"
         code = shell.transform_cell(f"%%durable {line}\n{cell}")
         tree = shell.transform_ast(shell.compile.ast_parse(code))
         *stmts, last = tree.body
         ns = shell.user_ns
-        exec(shell.compile(ast.Module(stmts, []), "<durable>", "exec"), ns)
+        compile_ = shell.compile  # IPython's CachingCompiler: it takes an AST (its stub says str)
+        exec(compile_(ast.Module(stmts, []), "<durable>", "exec"), ns)  # type: ignore[arg-type]
         if isinstance(last, ast.Expr):
-            return eval(shell.compile(ast.Expression(last.value), "<durable>", "eval"), ns)
-        exec(shell.compile(ast.Module([last], []), "<durable>", "exec"), ns)
+            return eval(compile_(ast.Expression(last.value), "<durable>", "eval"),  # type: ignore[arg-type]
+                        ns)
+        exec(compile_(ast.Module([last], []), "<durable>", "exec"), ns)  # type: ignore[arg-type]
         return None
 
     @line_magic
@@ -42,5 +45,5 @@ class DurableMagics(Magics):
         run = line.strip()
         if run:
             settings.configure(run=run)
-        current = settings.run_id(self.shell.user_ns)
+        current = settings.run_id(self.shell.user_ns if self.shell is not None else None)
         print(f"run {current!r} in log {settings.log_path()}")

@@ -450,9 +450,11 @@ class ShellPump:
         for item in items:
             try:
                 if item.entry is not None:
+                    assert backend.msg_queue is not None  # an entry came from that queue
                     backend.msg_queue.put_nowait(item.entry)
                     requeued = True
                 elif saved is not None:
+                    assert item.frames is not None  # a message read from the socket
                     _run_callback(saved, item.frames)
             except Exception:
                 kernel_log(backend).error("ShellPump: could not hand a message back",
@@ -467,7 +469,7 @@ class ShellPump:
             stream.io_loop.add_callback(lambda: stream._handle_events(stream.socket, 0))
 
 
-def _fd_waiter(socket: Any) -> Callable[[float], Any]:
+def _fd_waiter(socket: Any) -> Callable[..., Any]:
     """``wait(ms)``: sleep until the zmq socket's fd signals activity, or ``ms`` elapse.
 
     The fd is edge-triggered (readable when the socket's state *may* have changed), so the pump

@@ -34,6 +34,8 @@ class KernelRuntime:
         self.shell = shell
         self.kernel = getattr(shell, "kernel", None)
         self.requests = Requests()
+        self.input_transformer: Any = None  # set by the extension when it loads
+        self.ast_transformer: Any = None
         self.engine = Engine(shell.user_ns, ignore=self.ignored)
         self.executing = False
         self._execution: Execution | None = None
@@ -55,6 +57,7 @@ class KernelRuntime:
         request = raise_for(self.requests.get(token))
         self._durable_cell_seen = True
         self.executing = False
+        assert request.name is not None, "raise_for let a request without a name through"
         spec = CellSpec(request.name, request.body, request.names or analyse([]), request.force)
         decision = self.engine.decide(spec)
         if decision.replay and self._replay(decision):
@@ -138,6 +141,7 @@ class KernelRuntime:
 
     def _finish(self) -> None:
         execution, self._execution = self._execution, None
+        assert execution is not None, "called while a durable cell executes"
         recorder, self._recorder = self._recorder, None
         outputs = recorder.stop() if recorder is not None else []
         error = None

@@ -122,7 +122,8 @@ def _marker_token(node: ast.Module) -> str | None:
     if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
             and isinstance(first.value.func, ast.Name) and first.value.func.id == MARKER
             and len(first.value.args) == 1 and isinstance(first.value.args[0], ast.Constant)):
-        return first.value.args[0].value
+        token = first.value.args[0].value
+        return token if isinstance(token, str) else None
     return None
 
 

@@ -163,7 +163,8 @@ def _end_kernel(path: Path, run: str) -> str | None:
         return None
     try:
         if _try_lock(fd, fcntl.LOCK_EX):  # no kernel behind it any more
-            return _forget(path, fd)
+            _forget(path, fd)
+            return None
         kernel = _kernel_holder(fd, run)
         began = time.monotonic()
         if _lock_within(fd, fcntl.LOCK_EX, ORPHAN_GRACE):

@@ -164,13 +164,15 @@ class Journal:
         with self._lock:
             if self._fd is None or self.pid != os.getpid():
                 self._open()
+            fd = self._fd
+            assert fd is not None
             try:
-                files.write_all(self._fd, data)
+                files.write_all(fd, data)
                 if sync:
-                    os.fdatasync(self._fd)
+                    os.fdatasync(fd)
             except OSError as exc:
                 with suppress(OSError):
-                    os.ftruncate(self._fd, self._written)  # no partial line stays behind
+                    os.ftruncate(fd, self._written)  # no partial line stays behind
                 raise CheckpointError(files.describe(exc, self.path)) from None
             self._written += len(data)
             self._unsent.update((_identity(r), r) for r in rows)

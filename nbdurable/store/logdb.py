@@ -154,13 +154,13 @@ class LogDB:
         """
         with self._locked() as lease:
             if lease.depth:
-                yield lease.conn
+                yield lease.con
                 return
             if not lease.attached:
                 lease.acquire()
             lease.drain_spool()
             try:
-                yield lease.conn
+                yield lease.con
             finally:
                 lease.after_transaction()
 
@@ -268,13 +268,13 @@ class LogDB:
             if lease.depth:
                 lease.depth += 1
                 try:
-                    yield lease.conn
+                    yield lease.con
                 finally:
                     lease.depth -= 1
                 return
             lease.begin(urgent=urgent)
             try:
-                yield lease.conn
+                yield lease.con
                 lease.run_deferred()
                 if announce:
                     lease.bump_generation()
@@ -322,7 +322,7 @@ class LogDB:
 
 
 _REGISTRY: dict[tuple[int, Path], LogDB] = {}
-_BY_ARGUMENT: dict[tuple[int, Path], LogDB] = {}
+_BY_ARGUMENT: dict[tuple[int, Path | None], LogDB] = {}
 _REGISTRY_LOCK = threading.Lock()
 _FORK_LOCK = threading.Lock()
 
@@ -335,8 +335,9 @@ def open_log(path: str | os.PathLike[str]) -> LogDB:
     absolute path and process id (a forked child gets its own), is nbdurable's only process-wide
     state. A closed instance is replaced by a new one.
     """
-    fast = (os.getpid(), path)  # the same absolute path again: skip resolving it (syscalls)
-    db = _BY_ARGUMENT.get(fast) if isinstance(path, Path) and path.is_absolute() else None
+    absolute = path if isinstance(path, Path) and path.is_absolute() else None
+    fast = (os.getpid(), absolute)  # the same absolute path again: skip resolving it (syscalls)
+    db = _BY_ARGUMENT.get(fast) if absolute is not None else None
     if db is not None and not db.closed:
         return db
     key = (os.getpid(), _resolve(path))
@@ -344,7 +345,7 @@ def open_log(path: str | os.PathLike[str]) -> LogDB:
         db = _REGISTRY.get(key)
         if db is None or db.closed:
             db = _REGISTRY[key] = LogDB(key[1], lock_timeout=_lock_timeout())
-        if isinstance(path, Path) and path.is_absolute():
+        if absolute is not None:
             _BY_ARGUMENT[fast] = db
         return db
 
@@ -393,6 +394,22 @@ class _Lease:
         self.acquired_at = self.hold_until = 0.0
         _LIVE.add(self)
 
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The connection: open from the first acquire until close."""
+        assert self.conn is not None, "the log's lease has no connection"
+        return self.conn
+
+    @property
+    def _lock_fd(self) -> int:
+        assert self.lock_fd is not None, "the log's lock file is not open"
+        return self.lock_fd
+
+    @property
+    def _wait_fd(self) -> int:
+        assert self.wait_fd is not None, "the log's wait file is not open"
+        return self.wait_fd
+
     # -- transactions ----------------------------------------------------------------------
 
     def begin(self, urgent: bool = False) -> None:
@@ -400,7 +417,7 @@ class _Lease:
             self.acquire(urgent)
         try:
             with interrupts.deferred():  # in a DuckDB transaction <=> depth 1
-                self.conn.execute("BEGIN TRANSACTION")
+                self.con.execute("BEGIN TRANSACTION")
                 self.depth = 1
                 self.drained = self.drain_in_transaction()
         except duckdb.Error as e:
@@ -415,7 +432,7 @@ class _Lease:
         self.depth = 0
         drained, self.drained = self.drained, []
         try:
-            self.conn.execute("COMMIT")
+            self.con.execute("COMMIT")
         except BaseException as e:  # also KeyboardInterrupt: never leave a transaction open
             self.reset()
             if isinstance(e, duckdb.Error):
@@ -428,7 +445,7 @@ class _Lease:
         self.depth = 0
         self.drained = []  # still spooled: the next transaction moves them
         try:
-            self.conn.execute("ROLLBACK")
+            self.con.execute("ROLLBACK")
         except BaseException:
             self.reset()  # dropping the connection rolls back too
             return
@@ -444,8 +461,8 @@ class _Lease:
         try:
             return spool.drain(self.conn, self.path, paths)
         except duckdb.Error:
-            self.conn.execute("ROLLBACK")
-            self.conn.execute("BEGIN TRANSACTION")
+            self.con.execute("ROLLBACK")
+            self.con.execute("BEGIN TRANSACTION")
             return []
 
     def drain_spool(self) -> None:
@@ -455,12 +472,12 @@ class _Lease:
             return
         with interrupts.deferred():  # never leave this transaction open
             try:
-                self.conn.execute("BEGIN TRANSACTION")
+                self.con.execute("BEGIN TRANSACTION")
                 done = spool.drain(self.conn, self.path, paths)
-                self.conn.execute("COMMIT")
+                self.con.execute("COMMIT")
             except duckdb.Error:
                 with suppress(duckdb.Error):
-                    self.conn.execute("ROLLBACK")
+                    self.con.execute("ROLLBACK")
                 return
         spool.remove(done)
 
@@ -548,7 +565,7 @@ class _Lease:
 
     def take_flock(self, deadline: float, urgent: bool = False) -> None:
         others_wait = self.waiter_present()
-        if not others_wait and _try_flock(self.lock_fd, fcntl.LOCK_EX):
+        if not others_wait and _try_flock(self._lock_fd, fcntl.LOCK_EX):
             self.flocked = True
             return
         if others_wait and not urgent:
@@ -558,15 +575,15 @@ class _Lease:
         try:
             while True:
                 if not waiting:
-                    waiting = _try_flock(self.wait_fd, fcntl.LOCK_SH)
-                if _try_flock(self.lock_fd, fcntl.LOCK_EX):
+                    waiting = _try_flock(self._wait_fd, fcntl.LOCK_SH)
+                if _try_flock(self._lock_fd, fcntl.LOCK_EX):
                     break
                 if time.monotonic() >= deadline:
                     raise LogBusyError(self.busy_message())
                 backoff.sleep(deadline)
         finally:
             if waiting:
-                fcntl.flock(self.wait_fd, fcntl.LOCK_UN)
+                fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
         self.flocked = True
 
     def yield_to_waiters(self, deadline: float) -> None:
@@ -579,26 +596,26 @@ class _Lease:
         """Whether another process (or LogDB) holds ``LOCK_SH`` on ``.wait``. Never blocks."""
         if self.wait_fd is None:
             return False
-        if not _try_flock(self.wait_fd, fcntl.LOCK_EX):
+        if not _try_flock(self._wait_fd, fcntl.LOCK_EX):
             return True
-        fcntl.flock(self.wait_fd, fcntl.LOCK_UN)
+        fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
         return False
 
     def unlock(self) -> None:
         if self.flocked:
             self.flocked = False
-            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def write_identity(self) -> None:
         """Tell waiters who holds the lease (for their error message only: failures are ignored)."""
         data = f"{os.getpid()} {processes.HOST_TOKEN} {processes.program()}".encode("utf-8", "replace")
         data = data[: _GENERATION_AT - 1].ljust(_GENERATION_AT - 1) + b"\n"
         with suppress(OSError):
-            os.pwrite(self.lock_fd, data, 0)
+            os.pwrite(self._lock_fd, data, 0)
 
     def read_generation(self) -> int:
         try:
-            raw = os.pread(self.lock_fd, _GENERATION_LEN, _GENERATION_AT)
+            raw = os.pread(self._lock_fd, _GENERATION_LEN, _GENERATION_AT)
             return int(raw) if raw.strip() else 0
         except (OSError, ValueError):
             return -1  # unreadable: treat as "someone else wrote"
@@ -610,7 +627,7 @@ class _Lease:
         lease's flock) and threads, so that no increment is lost: a lost one could leave a
         reader believing stale state is current.
         """
-        fd = self.lock_fd
+        fd = self._lock_fd
         with self.generation_lock, suppress(OSError):
             fcntl.lockf(fd, fcntl.LOCK_EX, _GENERATION_LEN, _GENERATION_AT)
             try:
@@ -623,22 +640,22 @@ class _Lease:
         """Inside an open transaction: write the queued bookkeeping rows."""
         pending, self.deferred = self.deferred, []
         for sql, params in pending:
-            self.conn.execute(sql, params)
+            self.con.execute(sql, params)
 
     def flush_deferred(self) -> None:
         """Before giving the lease back: deferred rows in one transaction (best effort)."""
         try:
-            self.conn.execute("BEGIN TRANSACTION")
+            self.con.execute("BEGIN TRANSACTION")
             self.run_deferred()  # bookkeeping: no cache depends on it, the generation stays
-            self.conn.execute("COMMIT")
+            self.con.execute("COMMIT")
         except duckdb.Error:
             self.deferred = []
             with suppress(duckdb.Error):
-                self.conn.execute("ROLLBACK")
+                self.con.execute("ROLLBACK")
 
     def busy_message(self) -> str:
         try:
-            raw = os.pread(self.lock_fd, _GENERATION_AT, 0).decode("utf-8", "replace")
+            raw = os.pread(self._lock_fd, _GENERATION_AT, 0).decode("utf-8", "replace")
             words = raw.splitlines()[0].strip().split(" ", 2)
         except (OSError, IndexError):
             words = []
@@ -666,9 +683,9 @@ class _Lease:
         while True:
             try:
                 with interrupts.deferred():  # attached in DuckDB <=> self.attached
-                    self.conn.execute(sql)
+                    self.con.execute(sql)
                     self.attached = True
-                    self.conn.execute(f"USE {ALIAS}")
+                    self.con.execute(f"USE {ALIAS}")
                 return
             except duckdb.Error as e:
                 foreign = _FOREIGN_LOCK.search(str(e))
@@ -681,8 +698,8 @@ class _Lease:
     def detach(self) -> None:
         with interrupts.deferred():
             self.attached = False
-            self.conn.execute("USE memory")
-            self.conn.execute(f"DETACH {ALIAS}")
+            self.con.execute("USE memory")
+            self.con.execute(f"DETACH {ALIAS}")
 
     def prepare(self, deadline: float) -> None:
         """Create the log if it is missing, then validate it (read-only). Holds the flock."""
@@ -699,14 +716,14 @@ class _Lease:
 
     def read_meta(self) -> dict[str, str] | None:
         try:
-            found = self.conn.execute(
+            [(found,)] = self.con.execute(
                 "SELECT count(*) FROM duckdb_tables() "
                 "WHERE database_name = ? AND table_name = 'nbdurable_meta'",
                 [ALIAS],
-            ).fetchone()[0]
+            ).fetchall()
             if not found:
                 return None
-            rows = self.conn.execute("SELECT key, value FROM nbdurable_meta ORDER BY rowid").fetchall()
+            rows = self.con.execute("SELECT key, value FROM nbdurable_meta ORDER BY rowid").fetchall()
         except duckdb.Error as e:
             why = f"its nbdurable_meta table is unreadable: {first_line(e)}"
             raise NotALogError(_not_a_log(self.path, why)) from e
@@ -736,7 +753,7 @@ class _Lease:
                     os.unlink(leftover)
 
     def build(self, tmp: Path) -> None:
-        conn = self.conn
+        conn = self.con
         conn.execute(f"ATTACH {_quote(tmp)} AS nbdurable_new (TYPE duckdb)")
         try:
             conn.execute("USE nbdurable_new")
@@ -940,10 +957,11 @@ def _try_flock(fd: int, kind: int) -> bool:
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
-    config = {"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False,
-              # a name missing from the log must be an error, never a Python variable of the
-              # caller's frame that happens to have that name (DuckDB's replacement scans)
-              "python_enable_replacements": False}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+        # a name missing from the log must be an error, never a Python variable of the
+        # caller's frame that happens to have that name (DuckDB's replacement scans)
+        "python_enable_replacements": False}
     return duckdb.connect(":memory:", config=config)
 
 

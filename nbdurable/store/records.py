@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -149,7 +150,7 @@ def attempt_finished(attempt: Attempt, *, error: dict | None) -> Statement:
                      attempt.finished_at, _dumps(body), payloads.data()]
 
 
-def run_attempts(con, run: str, pending: list[list] = ()) -> list[Attempt]:
+def run_attempts(con, run: str, pending: Sequence[list] = ()) -> list[Attempt]:
     """Every attempt of a run in order, completed ones with their variables and outputs, from
     the log plus ``pending`` event rows (journals) that may not be in it yet."""
     rows = con.execute(
@@ -171,7 +172,8 @@ def stored_refs(body: dict, data: bytes | None) -> list[StoredRef]:
     result)."""
     specs = [v[3] for v in body.get("variables") or [] if isinstance(v, list) and len(v) > 3]
     specs += [body.get("outputs"), body.get("result")]
-    return [stored_ref(spec, data) for spec in specs if isinstance(spec, list) and spec]
+    refs = [stored_ref(spec, data) for spec in specs if isinstance(spec, list) and spec]
+    return [ref for ref in refs if ref is not None]
 
 
 def value_trusted(run: str, digest: str, mac: str) -> Statement:
@@ -220,7 +222,8 @@ def replayed(run: str, step: str, attempt: int) -> Statement:
 
 # -- @step calls --------------------------------------------------------------------------------
 
-def calls_of(con, run: str, step: str, since: int = 1) -> dict[str, tuple[str, StoredRef]]:
+def calls_of(con, run: str, step: str,
+             since: int = 1) -> dict[str, tuple[str, StoredRef | None]]:
     """call key -> (fingerprint, result) of the latest completed call, for one step, made by
     attempts numbered ``since`` or later."""
     rows = con.execute("SELECT body, data FROM events WHERE run = ? AND step = ? AND kind = ?"

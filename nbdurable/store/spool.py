@@ -124,7 +124,9 @@ def drain(con, log_path: Path, paths: list[Path]) -> list[Path]:
     """Inside a transaction: insert the pushes of ``paths`` in their order, in one statement,
     skipping ids already in the log. Returns the files to delete once the transaction
     committed; damaged ones are set aside at once."""
-    done, rows, runs_known = [], [], {}
+    done: list[Path] = []
+    rows: list[Row] = []
+    runs_known: dict[str, bool] = {}
     for path in paths:
         try:
             rows.append(_read(log_path, path, runs_known))
