@@ -8,6 +8,11 @@ not bugs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nbdurable.processes import ProcessId
+
 
 class NbdurableError(Exception):
     """Base class of every error raised by nbdurable."""
@@ -63,19 +68,38 @@ class StepError(NbdurableError):
 
 
 class OnceInDoubtError(StepError):
-    """A ``once`` call started but its process died before it recorded an outcome.
+    """A ``once`` call started but its process died before it recorded an outcome (or its
+    recorded result cannot be trusted).
 
     nbdurable cannot know whether the side effect happened, so it refuses to run it again until
     the user says what happened (``nbdurable.once_resolve`` or ``nbdurable.once_reset``).
+    ``key``: the ``once`` key in doubt.
     """
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class UnknownRunError(NbdurableError, LookupError):
-    """The run named is not in the log."""
+    """The run named is not in the log. ``run``: it; ``known``: (up to 10 of) the runs there."""
+
+    def __init__(self, message: str, *, run: str | None = None, known: list[str] | None = None):
+        super().__init__(message)
+        self.run = run
+        self.known = known or []
 
 
 class RunBusyError(NbdurableError):
-    """Another process is executing the run (``nbdurable run``, the papermill engine)."""
+    """Another process is executing the run (``nbdurable run``, the papermill engine).
+    ``run``: it; ``holder``: the process executing it, when known (pid, host, start time,
+    program)."""
+
+    def __init__(self, message: str, *, run: str | None = None,
+                 holder: ProcessId | None = None):
+        super().__init__(message)
+        self.run = run
+        self.holder = holder
 
 
 class WaitTimeout(StepError, TimeoutError):
@@ -83,7 +107,15 @@ class WaitTimeout(StepError, TimeoutError):
 
 
 class WaitMismatchError(StepError):
-    """The code reached another wait than the one the log recorded at that point."""
+    """The code reached another wait than the one the log recorded at that point.
+    ``step``, ``wait`` (its key, ``wait#1``...), ``recorded`` and ``reached``: the two waits'
+    conditions as the log stores them (``{"mode": "any", "conditions": [...]}``)."""
+
+    def __init__(self, message: str, *, step: str | None = None, wait: str | None = None,
+                 recorded: dict | None = None, reached: dict | None = None):
+        super().__init__(message)
+        self.step, self.wait = step, wait
+        self.recorded, self.reached = recorded, reached
 
 
 class UnstorableValueWarning(UserWarning):

@@ -215,8 +215,11 @@ def test_a_held_claim_is_refused_with_its_holder(tmp_path):
     driver, _, _ = start_driver(log)
     try:
         assert claims.holder(log, "r").process.pid == driver.pid
-        with pytest.raises(RunBusyError, match=f"process {driver.pid} on .*python -c"):
+        with pytest.raises(RunBusyError, match=f"process {driver.pid} on .*python -c") as busy:
             claims.Claim(log, "r")
+        # the same, as fields for a program: the run, and the process (pid + its start time)
+        assert busy.value.run == "r" and busy.value.holder.pid == driver.pid
+        assert busy.value.holder.started == start_time(driver.pid)
     finally:
         kill(driver)
     assert claims.holder(log, "r") is None  # released when its process ended

@@ -73,8 +73,9 @@ def test_a_once_whose_process_died_is_in_doubt_until_resolved(log, tmp_path):
     """, log)
     assert died.returncode == -9
     assert count(counter) == 1
-    with pytest.raises(OnceInDoubtError, match="once_resolve"):
+    with pytest.raises(OnceInDoubtError, match="once_resolve") as doubt:
         nbdurable.once("charge", lambda: "again")
+    assert doubt.value.key == "charge"
     nbdurable.once_resolve("charge", "checked by hand")
     assert nbdurable.once("charge", lambda: "again") == "checked by hand"
     assert nbdurable.once_reset("charge") is True

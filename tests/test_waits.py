@@ -126,8 +126,9 @@ def test_text_that_is_not_unicode_is_refused_and_the_mailbox_stays_usable(log):
 
 def test_a_wait_outside_a_cell_needs_a_known_run(log, monkeypatch):
     monkeypatch.setenv("NBDURABLE_RUN", "ghost")
-    with pytest.raises(UnknownRunError, match="'ghost' is not in the log"):
+    with pytest.raises(UnknownRunError, match="'ghost' is not in the log") as unknown:
         nbdurable.sleep(0)
+    assert unknown.value.run == "ghost" and "r1" in unknown.value.known
     monkeypatch.setenv("NBDURABLE_RUN", "r1")
     assert "ghost" not in set(nbdurable.runs()["run"])
 
@@ -334,8 +335,13 @@ def test_a_different_wait_at_the_same_point_is_an_error(tmp_path):
     with Kernel(tmp_path) as k:
         k.execute(LOAD)
         r = k.execute(cell)
+        # the same, as fields for a program (IPython keeps the last error in sys.last_value)
+        fields = k.execute("import json, sys\ne = sys.last_value\nprint(json.dumps([e.step, e.wait, "
+                           "e.recorded['conditions'], e.reached['conditions']]))").stream()
     assert r.ename == "WaitMismatchError"
     assert "event `b`" in r.evalue and "event `a`" in r.evalue and len(r.traceback) == 1
+    assert json.loads(fields) == ["w", "wait#0", [["event", "a"], ["sleep", 0.05]],
+                                  [["event", "b"], ["sleep", 0.05]]]
 
 
 def test_timeout_in_a_cell_is_recorded(tmp_path):

@@ -25,7 +25,7 @@ def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
     who = claims.holder(db.path, run)
     if who:
         raise RunBusyError(f"run {run!r} is executing now ({who.describe()}); reset it once "
-                           "that invocation has ended")
+                           "that invocation has ended", run=run, holder=who.process)
     with db.transaction() as con:
         require_run(con, db, run)
         events = queries.with_journals(con, db, run)  # with attempts still in journals

@@ -209,7 +209,7 @@ def _once_result(log, key: str, state: records.OnceState) -> Any:
         raise OnceInDoubtError(
             f"once({key!r}) happened, but its recorded result cannot be trusted ({exc}); it was"
             f" not run again. Call nbdurable.once_resolve({key!r}, result) with the right "
-            f"result, or nbdurable.once_reset({key!r}) to run it again") from None
+            f"result, or nbdurable.once_reset({key!r}) to run it again", key=key) from None
 
 
 def _in_doubt(key: str, state: records.OnceState) -> StepError:
@@ -219,7 +219,7 @@ def _in_doubt(key: str, state: records.OnceState) -> StepError:
     return OnceInDoubtError(
         f"once({key!r}) started at {state.at:%Y-%m-%d %H:%M:%S} UTC but its process died "
         f"before recording the outcome, so it may or may not have happened; check, then call "
-        f"nbdurable.once_resolve({key!r}, result) or nbdurable.once_reset({key!r})")
+        f"nbdurable.once_resolve({key!r}, result) or nbdurable.once_reset({key!r})", key=key)
 
 
 def once_reset(key: str, *, run: str | None = None, log=None) -> bool:

@@ -277,12 +277,15 @@ class Wait:
                                      ctx.since)
 
     def _check_same(self, recorded: dict) -> None:
-        if recorded["spec"] != json.loads(json.dumps(self.spec)):
+        reached = json.loads(json.dumps(self.spec))
+        if recorded["spec"] != reached:
+            step = self.ctx.step if self.ctx else None
             raise WaitMismatchError(
-                f"step {self.ctx and self.ctx.step!r} reached {self.key} = {self.describe()}, but the log "
+                f"step {step!r} reached {self.key} = {self.describe()}, but the log "
                 f"recorded {self.key} = {describe_spec(recorded['spec'])} at that point; the "
                 "cell's waits must not depend on data that changes between runs "
-                "(or run it with --force)")
+                "(or run it with --force)", step=step, wait=self.key,
+                recorded=recorded["spec"], reached=reached)
 
     def _body(self, extra: dict) -> str:
         return json.dumps({"wait": self.key, "spec": self.spec,

@@ -105,11 +105,11 @@ class Claim:
         if not _lock_within(self._fd, fcntl.LOCK_EX, CLAIM_PATIENCE):
             before = _driver(self.path, self.run)
             if before.process is None or before.process.alive():
-                raise RunBusyError(_busy_message(before))
+                raise _busy(before)
             # its driver is gone: what holds the claim is a kernel that driver left running
             self.notes += _end_kernels(self.path, self.run)
             if not _lock_within(self._fd, fcntl.LOCK_EX, CLAIM_PATIENCE):
-                raise RunBusyError(_busy_message(Holder(self.run, "driver")))
+                raise _busy(Holder(self.run, "driver"))
         _write_json(self._fd, self._content())
         self.notes += _end_kernels(self.path, self.run)
 
@@ -136,6 +136,10 @@ class Claim:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _busy(who: Holder, more: str = "") -> RunBusyError:
+    return RunBusyError(_busy_message(who) + more, run=who.run, holder=who.process)
 
 
 def _busy_message(who: Holder) -> str:
@@ -183,13 +187,12 @@ def _kill(kernel: Holder, fd: int) -> None:
     """SIGKILL an orphaned kernel and wait for its claim, or raise RunBusyError."""
     process = kernel.process
     if process is None or not process.local or not process.alive():
-        raise RunBusyError(_busy_message(kernel) + " (nbdurable cannot end it: stop it by "
-                           "hand)")
+        raise _busy(kernel, " (nbdurable cannot end it: stop it by hand)")
     pgid = _read_json(fd).get("pgid")
     processes.kill(process.pid, pgid if isinstance(pgid, int) else None,
                    spare_group=os.getpgid(0))
     if not _lock_within(fd, fcntl.LOCK_EX, KILL_WAIT):
-        raise RunBusyError(_busy_message(kernel) + " (it survived SIGKILL; stop it by hand)")
+        raise _busy(kernel, " (it survived SIGKILL; stop it by hand)")
 
 
 def _forget(path: Path, fd: int) -> None:

@@ -16,4 +16,5 @@ def require_run(con, db, run: str) -> None:
              .fetchall()]
     listed = ", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none"
     raise UnknownRunError(f"run {run!r} is not in the log {db.path} (runs there: {listed}); "
-                          "check the run id, or `nbdurable runs` to list them")
+                          "check the run id, or `nbdurable runs` to list them", run=run,
+                          known=known[:10])
