@@ -436,6 +436,9 @@ def test_usage_errors_are_one_line(workdir):
         assert len(r.traceback) == 1
         r = k.execute("%%durable a --bogus\nx = 1")
         assert r.ename == "UsageError" and "--bogus" in r.evalue
+        # the options are declared the IPython way: the magic's help lists them
+        doc = k.execute("print(get_ipython().find_cell_magic('durable').__doc__)").stream()
+        assert "%%durable [--force] NAME" in doc and "--force  execute the body" in doc
 
 
 def test_run_id_comes_from_the_notebook_identity(workdir):

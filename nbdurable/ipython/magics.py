@@ -5,12 +5,19 @@ from __future__ import annotations
 import ast
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from nbdurable import settings
 
 
 @magics_class
 class DurableMagics(Magics):
+    # The options, declared the IPython way (they make `%%durable?`); the line itself is read by
+    # nbdurable.engine.header.parse_line, which batch runs share, with the same messages.
+    @magic_arguments(name="%durable")
+    @argument("name", metavar="NAME", help="the step's name, unique in the notebook")
+    @argument("--force", action="store_true",
+              help="execute the body even when a valid checkpoint exists")
     @cell_magic
     def durable(self, line: str, cell: str):
         """Make this cell a durable step: %%durable NAME [--force]
