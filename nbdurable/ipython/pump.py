@@ -170,41 +170,24 @@ def _is_stream(obj: Any) -> bool:
 
 
 class _Backend:
-    """The private objects of one supported kernel."""
+    """The private objects of one supported kernel: a subclass per ipykernel major version
+    (supporting another version: one subclass in :data:`BACKENDS`, one version in the tests'
+    kernel list, ``tests/oldkernel.py``)."""
+
+    version = 0
+    msg_queue: Any = None  # 6.x: where messages read between cells wait
+
+    @staticmethod
+    def matches(major: int | None, kernel: Any) -> bool:
+        raise NotImplementedError
 
     def __init__(self, kernel: Any):
         self.kernel = kernel
         self.session = kernel.session
         self.handlers: dict = kernel.shell_handlers
-        self.msg_queue = None
-        major = _major_version()
-        channel_thread = getattr(kernel, "shell_channel_thread", None)
-        if major == 7 and channel_thread:
-            if threading.current_thread() is not getattr(channel_thread, "parent_thread",
-                                                         threading.main_thread()):
-                raise RuntimeError("not the main shell's thread")
-            manager = channel_thread.manager
-            if hasattr(manager, "get_shell_channel_to_subshell_pair"):
-                pair = manager.get_shell_channel_to_subshell_pair(None)
-            else:
-                pair = manager._shell_channel_to_main
-            self.stream = pair.to_stream
-            self.reply_stream = manager.get_subshell_to_shell_channel_socket(None)
-            self.version = 7
-        elif major == 6 and not channel_thread:
-            if threading.current_thread() is not threading.main_thread():
-                raise RuntimeError("not the main thread")
-            self.stream = kernel.shell_stream
-            self.reply_stream = kernel.shell_stream
-            self.msg_queue = kernel.msg_queue
-            for name in ("qsize", "get_nowait", "put_nowait"):
-                if not callable(getattr(self.msg_queue, name, None)):
-                    raise RuntimeError(f"msg_queue has no {name}")
-            if not callable(getattr(kernel, "dispatch_shell", None)):
-                raise RuntimeError("no dispatch_shell")
-            self.version = 6
-        else:
-            raise RuntimeError(f"unsupported ipykernel {major}")
+        self.stream: Any = None  # the main shell stream the pump reads
+        self.reply_stream: Any = None  # where handlers send their replies
+        self.attach(kernel)
         if not _is_stream(self.stream):
             raise RuntimeError("no main-thread shell stream")
         if self.session is None or not isinstance(self.handlers, dict):
@@ -214,16 +197,89 @@ class _Backend:
             raise RuntimeError("kernel has no set_parent/get_parent")
         kernel._parent_ident["shell"]  # raises if absent (present on 6.29 and 7.x)
 
+    def attach(self, kernel: Any) -> None:
+        """Find this version's streams (and queue); RuntimeError if something is missing."""
+        raise NotImplementedError
+
     def parent(self) -> tuple[Any, Any]:
         return self.kernel._parent_ident["shell"], self.kernel.get_parent("shell")
 
+    def flush_replies(self) -> None:
+        """Send what a handler replied (e.g. ``comm_info_reply``) now, if the kernel would."""
+
     def is_shell_entry(self, item: Any) -> bool:
         """A ``msg_queue`` entry that carries a shell message (6.x)."""
+        return False
+
+
+class _Backend7(_Backend):
+    """ipykernel 7.x: the shell-channel thread reads the ROUTER socket and forwards the main
+    shell's messages over an in-process pair to the main thread."""
+
+    version = 7
+
+    @staticmethod
+    def matches(major: int | None, kernel: Any) -> bool:
+        return major == 7 and bool(getattr(kernel, "shell_channel_thread", None))
+
+    def attach(self, kernel: Any) -> None:
+        channel_thread = kernel.shell_channel_thread
+        if threading.current_thread() is not getattr(channel_thread, "parent_thread",
+                                                     threading.main_thread()):
+            raise RuntimeError("not the main shell's thread")
+        manager = channel_thread.manager
+        if hasattr(manager, "get_shell_channel_to_subshell_pair"):
+            pair = manager.get_shell_channel_to_subshell_pair(None)
+        else:
+            pair = manager._shell_channel_to_main
+        self.stream = pair.to_stream
+        self.reply_stream = manager.get_subshell_to_shell_channel_socket(None)
+
+
+class _Backend6(_Backend):
+    """ipykernel 6.x: the main thread's shell stream; messages read between cells wait on
+    ``kernel.msg_queue``; replies are flushed by hand."""
+
+    version = 6
+
+    @staticmethod
+    def matches(major: int | None, kernel: Any) -> bool:
+        return major == 6 and not getattr(kernel, "shell_channel_thread", None)
+
+    def attach(self, kernel: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("not the main thread")
+        self.stream = kernel.shell_stream
+        self.reply_stream = kernel.shell_stream
+        self.msg_queue = kernel.msg_queue
+        for name in ("qsize", "get_nowait", "put_nowait"):
+            if not callable(getattr(self.msg_queue, name, None)):
+                raise RuntimeError(f"msg_queue has no {name}")
+        if not callable(getattr(kernel, "dispatch_shell", None)):
+            raise RuntimeError("no dispatch_shell")
+
+    def flush_replies(self) -> None:
+        self.reply_stream.flush(zmq.POLLOUT)
+
+    def is_shell_entry(self, item: Any) -> bool:
         try:
             _, dispatch, args = item
         except (TypeError, ValueError):
             return False
         return dispatch == self.kernel.dispatch_shell and len(args) == 1
+
+
+#: The supported kernels, each recognised by its ``matches``.
+BACKENDS: tuple[type[_Backend], ...] = (_Backend7, _Backend6)
+
+
+def backend_for(kernel: Any) -> _Backend:
+    """The backend of this kernel; RuntimeError for an unsupported one."""
+    major = _major_version()
+    for cls in BACKENDS:
+        if cls.matches(major, kernel):
+            return cls(kernel)
+    raise RuntimeError(f"unsupported ipykernel {major}")
 
 
 class _Item:
@@ -260,7 +316,7 @@ class ShellPump:
     def __init__(self, kernel: Any):
         self.kernel = kernel
         try:
-            self._backend: _Backend | None = _Backend(kernel)
+            self._backend: _Backend | None = backend_for(kernel)
         except Exception as exc:  # unknown kernel / version / thread: poll just sleeps
             _log.debug("ShellPump unsupported: %s", exc)
             self._backend = None
@@ -428,8 +484,7 @@ class ShellPump:
                     _dispatch_state.depth -= 1
                     _flush_std()
                     kernel.set_parent(*previous, channel="shell")
-                    if backend.version == 6:
-                        backend.reply_stream.flush(zmq.POLLOUT)  # e.g. comm_info_reply
+                    backend.flush_replies()  # e.g. comm_info_reply
 
     def _restore(self) -> None:
         """Put the stream's callback back, hand every undispatched message back in order."""
@@ -591,7 +646,7 @@ class _Peeker:
 
 def _router_stream(kernel: Any) -> Any | None:
     """7.x: the ROUTER stream read by the shell-channel thread; None elsewhere."""
-    if _major_version() != 7 or not getattr(kernel, "shell_channel_thread", None):
+    if not _Backend7.matches(_major_version(), kernel):
         return None
     stream = getattr(kernel, "shell_stream", None)
     return stream if _is_stream(stream) else None
