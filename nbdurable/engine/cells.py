@@ -17,6 +17,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import xxhash
@@ -71,7 +72,7 @@ class Replayed:
     """A restored checkpoint: the outputs to show again and where they came from."""
 
     checkpoint: records.Attempt
-    outputs: list[dict]
+    outputs: list[dict[str, Any]]
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Execution:
 
     decision: Decision
     attempt: records.Attempt
-    rows: list  # event rows written at the start (journal), inserted with the outcome
+    rows: list[Any]  # event rows written at the start (journal), inserted with the outcome
     clock: float
     before: dict[str, Any]
     step_context: context.StepContext
@@ -110,7 +111,7 @@ class Engine:
         self.tracker = Tracker(namespace)
         self._runs_seen: set[tuple[str, str]] = set()
         self._indexes: dict[tuple[str, str], RunIndex] = {}
-        self._journals: dict = {}
+        self._journals: dict[Path, Journal] = {}
 
     # -- deciding -------------------------------------------------------------------------------
     def where(self) -> tuple[LogDB, str]:
@@ -226,8 +227,8 @@ class Engine:
         execution.token = context.enter(ctx)
         return execution
 
-    def finish(self, execution: Execution, *, ok: bool, outputs: list[dict],
-               error: dict | None = None) -> Finished:
+    def finish(self, execution: Execution, *, ok: bool, outputs: list[dict[str, Any]],
+               error: dict[str, Any] | None = None) -> Finished:
         """Checkpoint a finished body (``ok``) or record its failure.
 
         The outcome is durable (journal written and synced, blobs synced) when this returns;
@@ -250,7 +251,7 @@ class Engine:
         attempt = execution.attempt
         return Finished(attempt.status, attempt.attempt, attempt.duration_s, **result)
 
-    def _not_checkpointed(self, execution: Execution, exc: CheckpointError) -> list:
+    def _not_checkpointed(self, execution: Execution, exc: CheckpointError) -> list[Any]:
         """A failed outcome without outputs or variables, if the journal can still take it."""
         attempt = execution.attempt
         attempt.status, attempt.variables, attempt.outputs = Status.FAILED, None, None
@@ -265,11 +266,11 @@ class Engine:
         self._index(execution.decision.log, attempt.run).note(attempt)
         return [row]
 
-    def _record_outcome(self, execution: Execution, ok: bool, outputs: list[dict],
-                        error: dict | None) -> tuple[dict, list, int]:
+    def _record_outcome(self, execution: Execution, ok: bool, outputs: list[dict[str, Any]],
+                        error: dict[str, Any] | None) -> tuple[dict[str, Any], list[Any], int]:
         log = execution.decision.log
         out_ref = values.store_bytes(log.blobs, json.dumps(outputs).encode())
-        result: dict = {}
+        result: dict[str, Any] = {}
         attempt = execution.attempt
         if ok:
             result = self._checkpoint(execution, log)
@@ -292,7 +293,7 @@ class Engine:
         index.wrote(before, log.generation())
         return result, finished, upto
 
-    def _checkpoint(self, execution: Execution, log: LogDB) -> dict:
+    def _checkpoint(self, execution: Execution, log: LogDB) -> dict[str, Any]:
         """Store what the body produced; remember the versions of the stored values."""
         before, ns = execution.before, self.namespace
         produced = self._produced(execution)
@@ -323,7 +324,7 @@ class Engine:
         return {"variables": variables, "produced": sorted(produced), "deleted": deleted,
                 "unstorable": unstorable}
 
-    def _produced(self, execution: Execution) -> dict[str, tuple]:
+    def _produced(self, execution: Execution) -> dict[str, tuple[Any, ...]]:
         """Names bound, re-bound or changed in place by the body, with their encodings."""
         before, ns = execution.before, self.namespace
         spec, inputs = execution.decision.spec, execution.decision.inputs
@@ -390,7 +391,8 @@ def _recorded_fp(var: records.Variable) -> str:
     return f"h:{var.ref.hash}"
 
 
-def _decode_outputs(log: LogDB, ref: values.StoredRef | None) -> list[dict]:
+def _decode_outputs(log: LogDB, ref: records.StoredRef | None) -> list[dict[str, Any]]:
     if ref is None:
         return []
-    return json.loads(values.load_bytes(log, ref))
+    outputs: list[dict[str, Any]] = json.loads(values.load_bytes(log, ref))
+    return outputs

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from nbdurable.engine.context import resolve_log
+from nbdurable.engine.context import LogArg, resolve_log
 from nbdurable.processes import ProcessId
 from nbdurable.store import journal, queries, records, schema, spool
 from nbdurable.store.blobs import TMP_PREFIX
@@ -38,7 +40,7 @@ class GcResult:
     quarantine: list[str] = field(default_factory=list)
     freed: int = 0  # bytes
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def message(self) -> str:
@@ -48,7 +50,7 @@ class GcResult:
                 f"{self.freed / 1e6:.1f} MB")
 
 
-def gc(*, log=None, dry_run: bool = False) -> GcResult:
+def gc(*, log: LogArg = None, dry_run: bool = False) -> GcResult:
     """Remove unreferenced blobs, dead processes' temporary files and old quarantine files."""
     db = resolve_log(log)
     with db.lease() as con:  # journals are read after the log: a reference can only be newer
@@ -71,29 +73,29 @@ def gc(*, log=None, dry_run: bool = False) -> GcResult:
     return result
 
 
-def _refs(body: str, data: bytes | None) -> list:
+def _refs(body: str, data: bytes | None) -> list[Any]:
     try:
         return records.stored_refs(json.loads(body), data)
     except (ValueError, TypeError, AttributeError):
         return []
 
 
-def _journal_rows(log_path: Path) -> list:
+def _journal_rows(log_path: Path) -> list[Any]:
     directory = Sidecars.of(log_path).journal
     return [row for path in directory.glob("*.jsonl") for row in journal.read(path).rows] \
         if directory.is_dir() else []
 
 
-def _files(root: Path):
+def _files(root: Path) -> Iterator[Path]:
     return (p for p in root.rglob("*") if p.is_file()) if root.is_dir() else iter(())
 
 
-def _quarantined(log_path: Path):
+def _quarantined(log_path: Path) -> Iterator[Path]:
     for folder in (Sidecars.of(log_path).journal, spool.folder(log_path)):
         yield from _files(folder / "quarantine")
 
 
-def _temporary(log_path: Path):
+def _temporary(log_path: Path) -> Iterator[Path]:
     """Files named ``….tmp-<pid>…`` beside the log whose process is gone."""
     places = [*_files(Sidecars.of(log_path).blobs), *_files(Sidecars.of(log_path).index),
               *spool.folder(log_path).glob(".tmp-*"),

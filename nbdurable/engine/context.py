@@ -6,12 +6,21 @@ A kernel runs one cell at a time, so besides the context variable (which follows
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+from nbdurable.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nbdurable.store.logdb import LogDB
+
+#: What a ``log=`` argument may be: an open log, a path, or None for the configured one.
+LogArg = Union["LogDB", str, "os.PathLike[str]", None]
 
 
 @dataclass
@@ -23,12 +32,12 @@ class StepContext:
     step: str
     attempt: int
     force: bool = False
-    namespace: dict | None = None
+    namespace: dict[str, Any] | None = None
     source_hash: str = ""
     #: recorded calls and waits count only from this attempt on (after --force or a reset)
     since: int = 1
     #: recorded @step calls of this step (loaded at the first call)
-    calls: dict | None = None
+    calls: dict[str, Any] | None = None
     _counters: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -76,7 +85,7 @@ def active(ctx: StepContext) -> Iterator[StepContext]:
         leave(ctx, token)
 
 
-def main_namespace() -> dict | None:
+def main_namespace() -> dict[str, Any] | None:
     """The notebook's namespace: the active step's, else ``__main__``'s."""
     import sys
 
@@ -87,7 +96,7 @@ def main_namespace() -> dict | None:
     return getattr(main, "__dict__", None)
 
 
-def locate(run: str | None = None, log=None) -> tuple[Any, str]:
+def locate(run: str | None = None, log: LogArg = None) -> tuple[LogDB, str]:
     """The log and run to use: given ones, else the active step's, else the configured ones
     (``NBDURABLE_LOG`` / ``NBDURABLE_RUN`` / ``configure`` / the notebook's identity)."""
     from nbdurable import settings
@@ -101,7 +110,7 @@ def locate(run: str | None = None, log=None) -> tuple[Any, str]:
     return log, run
 
 
-def resolve_log(log=None):
+def resolve_log(log: LogArg = None) -> LogDB:
     """The log to use: an open one as given, a path given (``log=``, ``--log``), else the
     configured one (``configure(log=)`` > ``NBDURABLE_LOG`` > ``.nbdurable/log.duckdb``)."""
     from nbdurable import settings
@@ -109,6 +118,8 @@ def resolve_log(log=None):
 
     if log is None:
         return open_log(settings.log_path())
-    if hasattr(log, "transaction"):
-        return log
-    return open_log(settings.check_log_arg(log))
+    if isinstance(log, (str, os.PathLike)):
+        return open_log(settings.check_log_arg(log))
+    if not hasattr(log, "transaction"):
+        raise UsageError(f"log must be a path or an open log, got {type(log).__name__}")
+    return log

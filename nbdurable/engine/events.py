@@ -12,12 +12,17 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nbdurable import processes
 from nbdurable.engine import context
+from nbdurable.engine.context import LogArg
 from nbdurable.errors import LogError, UsageError
-from nbdurable.store import files, mailbox, records, spool
+from nbdurable.store import files, mailbox, spool
 from nbdurable.store.runs import require_run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nbdurable.store.logdb import LogDB
 
 MAX_KEY = 200
 
@@ -52,7 +57,7 @@ def _encodable(value: Any) -> bool:
     return True
 
 
-def _check_same_event(event_id: str, key: str, payload: Any, earlier: dict) -> None:
+def _check_same_event(event_id: str, key: str, payload: Any, earlier: dict[str, Any]) -> None:
     """A retried push is the same event; another event under a used id is a mistake."""
     if (earlier["key"], earlier["payload"]) != (key, payload):
         raise UsageError(f"event id {event_id!r} was already pushed, with key "
@@ -71,7 +76,7 @@ def parse_payload(text: str) -> Any:
                          f"column {exc.colno}); quote strings: '\"yes\"'") from None
 
 
-def push_event(key: str, payload: Any = None, *, run: str | None = None, log=None,
+def push_event(key: str, payload: Any = None, *, run: str | None = None, log: LogArg = None,
                id: str | None = None) -> str:
     """Put an event in a run's mailbox; return its id. Works from any process.
 
@@ -83,17 +88,17 @@ def push_event(key: str, payload: Any = None, *, run: str | None = None, log=Non
     key = check_key(key)
     payload = check_payload(payload)
     event_id = check_key(str(id), "an event id") if id is not None else uuid.uuid4().hex
-    log, run = context.locate(run, log)
+    db, run = context.locate(run, log)
     body = json.dumps({"id": event_id, "key": key, "payload": payload, "pid": os.getpid(),
-                       "host": records.HOST})
-    if id is None and spool.known(log.path, run):
-        _spool(log, run, body)  # no lease: a waiting kernel is never kept from its mailbox
+                       "host": processes.HOST})
+    if id is None and spool.known(db.path, run):
+        _spool(db, run, body)  # no lease: a waiting kernel is never kept from its mailbox
     else:
-        _insert(log, run, event_id, key, payload, body)
+        _insert(db, run, event_id, key, payload, body)
     return event_id
 
 
-def _spool(log, run: str, body: str) -> None:
+def _spool(log: LogDB, run: str, body: str) -> None:
     try:
         spool.write(log.path, mailbox.push_row(run, body))
     except OSError as exc:
@@ -102,7 +107,7 @@ def _spool(log, run: str, body: str) -> None:
     log.announce_write()
 
 
-def _insert(log, run: str, event_id: str, key: str, payload: Any, body: str) -> None:
+def _insert(log: LogDB, run: str, event_id: str, key: str, payload: Any, body: str) -> None:
     """Push under the lease: checks that the run exists and that a reused id is the same event."""
     with log.transaction() as con:
         if not mailbox.push_if_new(con, run, event_id, body):
@@ -117,14 +122,14 @@ def _insert(log, run: str, event_id: str, key: str, payload: Any, body: str) -> 
         log.release()  # a push is one-off: let the waiting process in at once
 
 
-def list_events(run: str | None = None, *, log=None):
+def list_events(run: str | None = None, *, log: LogArg = None) -> Any:  # a DataFrame
     """The run's events, oldest first: id, key, payload (JSON text), pushed_at, status
     (pending or consumed), consumed_by (step and wait), consumed_at. A DataFrame."""
     import pandas as pd
 
-    log, run = context.locate(run, log)
-    with log.lease() as con:
-        require_run(con, log, run)
+    db, run = context.locate(run, log)
+    with db.lease() as con:
+        require_run(con, db, run)
         events = mailbox.pushed(con, run)
         consumed = mailbox.consumptions(con, run)
     records_ = []

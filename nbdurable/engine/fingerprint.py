@@ -32,7 +32,7 @@ def type_fingerprint(value: Any) -> str:
     return f"t:{cls.__module__}.{cls.__qualname__}"
 
 
-def fingerprint(value: Any, main_globals: dict | None = None
+def fingerprint(value: Any, main_globals: dict[str, Any] | None = None
                 ) -> tuple[str, serializer.Packed | None, str | None]:
     """(fingerprint, encoding or None, why it could not be encoded or None)."""
     if isinstance(value, types.ModuleType):
@@ -92,7 +92,7 @@ class Tracker:
             else:
                 del self._known[name]
 
-    def _globals(self) -> dict | None:
+    def _globals(self) -> dict[str, Any] | None:
         ns = self.namespace
         return ns if isinstance(ns, dict) else None
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from nbdurable import settings
-from nbdurable.engine.context import resolve_log
+from nbdurable.engine.context import LogArg, resolve_log
 from nbdurable.engine.events import list_events
 from nbdurable.engine.waits import describe_outcome, describe_spec
 from nbdurable.errors import UsageError
@@ -14,8 +16,13 @@ from nbdurable.processes import ProcessId
 from nbdurable.store import queries, records, runstate, schema
 from nbdurable.store.runs import require_run
 
+if TYPE_CHECKING:  # pragma: no cover
 
-def history(run: str | None = None, *, log=None, all_runs: bool = False):
+    from nbdurable.store.logdb import Connection, LogDB
+
+
+def history(run: str | None = None, *, log: LogArg = None,
+            all_runs: bool = False) -> Any:  # a DataFrame
     """One row per execution attempt of a step: run, step, status, attempt, started_at,
     finished_at, duration_s, reason, forced, error, pid, host.
 
@@ -29,7 +36,7 @@ def history(run: str | None = None, *, log=None, all_runs: bool = False):
         return queries.history(con, queries.with_journals(con, db, run), run)
 
 
-def sql(query: str, *, log=None):
+def sql(query: str, *, log: LogArg = None) -> Any:  # a DataFrame
     """Run one read-only SQL statement (a SELECT, EXPLAIN or SUMMARIZE) on the log under the
     lease, so no one has to hold the file open with the ``duckdb`` CLI meanwhile; a DataFrame.
     The table is ``events``; the views are ``attempts`` and ``runs``. Events still in running
@@ -42,7 +49,7 @@ def sql(query: str, *, log=None):
         return queries.read_only(con, query)
 
 
-def runs(*, log=None):
+def runs(*, log: LogArg = None) -> Any:  # a DataFrame
     """One row per run in the log: run, notebook, status (running, completed, failed, crashed),
     steps_completed, steps_failed, started_at, last_activity, parameters (JSON text, from the
     latest batch invocation), attempts. Most recent activity first. A DataFrame."""
@@ -54,7 +61,7 @@ def runs(*, log=None):
     return pd.DataFrame.from_records(table, columns=RUNS_COLUMNS)
 
 
-def _run_table(con, db, events: str) -> list[dict]:
+def _run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:
     """The rows of :func:`runs`, from an events relation (holding the lease)."""
     driven = runstate.invocations(con, events)
     table = []
@@ -71,12 +78,13 @@ def _run_table(con, db, events: str) -> list[dict]:
     return table
 
 
-def _status(db, run: str, invocation, latest) -> str:
+def _status(db: LogDB, run: str, invocation: runstate.Invocation | None,
+            latest: list[list[str | None]] | None) -> str:
     """From the latest batch invocation if there is one, else from each step's latest attempt
     (``latest``: [status, pid, host, process start time] per step)."""
     if invocation is not None:
         return runstate.driven_status(db.path, run, invocation)
-    return runstate.undriven_status([(status, _process(pid, host, started))
+    return runstate.undriven_status([(status or "", _process(pid, host, started))
                                      for status, pid, host, started in latest or []])
 
 
@@ -90,7 +98,7 @@ RUNS_COLUMNS = ["run", "notebook", "status", "steps_completed", "steps_failed", 
                 "last_activity", "attempts", "parameters"]
 
 
-def _main_namespace():
+def _main_namespace() -> dict[str, Any] | None:
     import sys
 
     main = sys.modules.get("__main__")
@@ -104,11 +112,11 @@ class RunLog:
     run: str
     status: str
     notebook: str | None
-    parameters: dict | None
-    steps: list[dict] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)
+    parameters: dict[str, Any] | None
+    steps: list[dict[str, Any]] = field(default_factory=list[Any])
+    events: list[dict[str, Any]] = field(default_factory=list[Any])
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"run": self.run, "status": self.status, "notebook": self.notebook,
                 "parameters": self.parameters, "steps": self.steps, "events": self.events}
 
@@ -135,7 +143,7 @@ class RunLog:
         return self.text()
 
 
-def log(run: str | None = None, *, log=None) -> RunLog:
+def log(run: str | None = None, *, log: LogArg = None) -> RunLog:
     """Each step of ``run`` (default: the current run): status (``reset`` when ``nbdurable
     reset`` voided it), attempts, duration of the latest attempt, whether it last executed or
     replayed, its waits and their outcome; and the run's events, pending and consumed."""
@@ -156,8 +164,10 @@ def log(run: str | None = None, *, log=None) -> RunLog:
                   _steps(attempts, replays, _waits(waits), resets), pushed)
 
 
-def _steps(attempts, replays: dict, waits: dict, resets: dict) -> list[dict]:
-    steps: dict[str, dict] = {}
+def _steps(attempts: list[queries.AttemptLine], replays: dict[str, tuple[int, datetime]],
+           waits: dict[str, list[dict[str, Any]]],
+           resets: dict[str, int]) -> list[dict[str, Any]]:
+    steps: dict[str, dict[str, Any]] = {}
     for step, number, status, started, duration, ename, evalue in attempts:
         s = steps.setdefault(step, {"step": step, "attempts": 0, "waits": waits.get(step, [])})
         if number <= resets.get(step, 0):
@@ -172,8 +182,8 @@ def _steps(attempts, replays: dict, waits: dict, resets: dict) -> list[dict]:
     return list(steps.values())
 
 
-def _waits(rows: list[queries.WaitRow]) -> dict[str, list[dict]]:
-    found: dict[tuple, dict] = {}
+def _waits(rows: list[queries.WaitRow]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for step, attempt, kind, body in rows:
         key = (step, attempt, body.get("wait"))
         w = found.setdefault(key, {"wait": body.get("wait"), "attempt": attempt,
@@ -182,7 +192,7 @@ def _waits(rows: list[queries.WaitRow]) -> dict[str, list[dict]]:
         if kind == schema.Kind.WAIT_COMPLETED:
             w["status"] = "completed"
             w["outcome"] = describe_outcome(body["spec"], body["outcome"])
-    by_step: dict[str, list[dict]] = {}
+    by_step: dict[str, list[dict[str, Any]]] = {}
     for (step, _, _), w in found.items():
         by_step.setdefault(step, []).append(w)
     return by_step

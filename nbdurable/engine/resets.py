@@ -10,14 +10,14 @@ attempts so far no longer count. The next time the step is reached it executes a
 from __future__ import annotations
 
 from nbdurable import settings
-from nbdurable.engine.context import resolve_log
+from nbdurable.engine.context import LogArg, resolve_log
 from nbdurable.errors import RunBusyError, UsageError
 from nbdurable.store import claims, queries, records, schema
 from nbdurable.store.runs import require_run
 
 
 def reset(run: str, *, from_step: str | None = None, include_once: bool = False,
-          log=None) -> list[str]:
+          log: LogArg = None) -> list[str]:
     """Reset ``run``'s steps (all, or ``from_step`` and every step first run after it);
     return the names of the steps reset. ``include_once`` also forgets their ``once`` keys."""
     db = resolve_log(log)

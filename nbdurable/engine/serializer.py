@@ -26,7 +26,7 @@ import sys
 import threading
 import types
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -43,7 +43,7 @@ _LEN = struct.Struct("<Q")
 #: Buffers smaller than this stay in the pickle stream.
 OUT_OF_BAND_MIN = 64 * 1024
 
-_load_namespace: ContextVar[dict | None] = ContextVar("nbdurable_load_namespace", default=None)
+_load_namespace: ContextVar[dict[str, Any] | None] = ContextVar("nbdurable_load_namespace", default=None)
 
 
 class Unstorable(Exception):
@@ -67,7 +67,7 @@ class Packed:
                         for c in self.chunks)
 
 
-def _main_namespace() -> dict:
+def _main_namespace() -> dict[str, Any]:
     """At load time: the namespace that notebook functions get as their globals."""
     ns = _load_namespace.get()
     if ns is None:
@@ -78,14 +78,14 @@ def _main_namespace() -> dict:
 class _MainNamespaceRef:
     """Pickles as a reference to the live namespace of whoever loads it."""
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_main_namespace, ())
 
 
 _MAIN_REF = _MainNamespaceRef()
 
 
-def _main_function_setstate(func, state):
+def _main_function_setstate(func: types.FunctionType, state: tuple[Any, Any]) -> None:
     """Like cloudpickle's setstate, but leaves the (live) globals alone."""
     state, slotstate = state
     func.__dict__.update(state)
@@ -95,21 +95,21 @@ def _main_function_setstate(func, state):
     if closure is not None:
         for i, cell in enumerate(closure):
             try:
-                func.__closure__[i].cell_contents = cell.cell_contents
+                func.__closure__[i].cell_contents = cell.cell_contents  # type: ignore[index]
             except ValueError:  # an empty cell
                 pass
     for key, value in slotstate.items():
         setattr(func, key, value)
 
 
-def _refuse_file(obj):
+def _refuse_file(obj: object) -> Any:
     raise pickle.PicklingError("an open file cannot be stored")
 
 
 _class_ids = threading.local()
 
 
-def _stable_class_id(cls: type, main_globals: dict | None) -> str:
+def _stable_class_id(cls: type, main_globals: dict[str, Any] | None) -> str:
     """A class's identity for cloudpickle's class tracker, derived from its definition.
 
     cloudpickle names each class defined in the notebook with a random id, so the same class
@@ -130,14 +130,14 @@ def _stable_class_id(cls: type, main_globals: dict | None) -> str:
     return "nbd-" + xxhash.xxh3_128_hexdigest(buf.getbuffer())
 
 
-def _drop_caches(state) -> None:
+def _drop_caches(state: Any) -> None:
     """copyreg caches ``__slotnames__`` on a class once an instance is pickled: not part of
     its definition (and it would change the class's fingerprint)."""
     if isinstance(state, tuple) and state and isinstance(state[0], dict):
         state[0].pop("__slotnames__", None)
 
 
-def _track_stably(cls: type, main_globals: dict | None) -> None:
+def _track_stably(cls: type, main_globals: dict[str, Any] | None) -> None:
     """Register a not yet tracked notebook class under its content-derived id."""
     if _cp._DYNAMIC_CLASS_TRACKER_BY_CLASS.get(cls) is not None:
         return
@@ -155,7 +155,7 @@ def _track_stably(cls: type, main_globals: dict | None) -> None:
                 _cp._DYNAMIC_CLASS_TRACKER_BY_ID[class_id] = cls
 
 
-class _Pickler(cloudpickle.Pickler):
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types
     """cloudpickle, plus: notebook functions keep the live namespace; open files are refused."""
 
     dispatch_table = ChainMap(
@@ -164,11 +164,12 @@ class _Pickler(cloudpickle.Pickler):
         cloudpickle.Pickler.dispatch_table,
     )
 
-    def __init__(self, file, main_globals: dict | None, buffer_callback):
+    def __init__(self, file: Any, main_globals: dict[str, Any] | None,
+                 buffer_callback: Callable[[pickle.PickleBuffer], bool] | None):
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self._main_globals = main_globals
 
-    def reducer_override(self, obj):
+    def reducer_override(self, obj: Any) -> Any:
         if not isinstance(obj, type):
             return super().reducer_override(obj)
         _track_stably(obj, self._main_globals)
@@ -177,7 +178,7 @@ class _Pickler(cloudpickle.Pickler):
             _drop_caches(reduced[2])
         return reduced
 
-    def _dynamic_function_reduce(self, func):
+    def _dynamic_function_reduce(self, func: types.FunctionType) -> Any:
         if self._main_globals is None or func.__globals__ is not self._main_globals:
             return super()._dynamic_function_reduce(func)
         code, _globals, name, argdefs, closure = self._function_getnewargs(func)
@@ -187,7 +188,7 @@ class _Pickler(cloudpickle.Pickler):
                 (state, slotstate), None, None, _main_function_setstate)
 
 
-def track_classes(namespace: dict) -> None:
+def track_classes(namespace: dict[str, Any]) -> None:
     """Give the notebook classes in ``namespace`` their content-derived ids, so that restored
     instances of an identical class definition come back as instances of *these* classes."""
     for value in list(namespace.values()):
@@ -199,18 +200,18 @@ def track_classes(namespace: dict) -> None:
 class _IdPickler(_Pickler):
     """Only for hashing a class definition: a class being hashed is referred to by name."""
 
-    def reducer_override(self, obj):
+    def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type) and obj in _class_ids.__dict__.get("stack", ()):
             return (str, (f"<class {obj.__qualname__} being defined>",))
         return super().reducer_override(obj)
 
 
-def _default_main_globals() -> dict | None:
+def _default_main_globals() -> dict[str, Any] | None:
     main = sys.modules.get("__main__")
     return getattr(main, "__dict__", None)
 
 
-def pack(value: Any, *, main_globals: dict | None = None) -> Packed:
+def pack(value: Any, *, main_globals: dict[str, Any] | None = None) -> Packed:
     """Encode ``value``. Raises :class:`Unstorable` with a reason when it cannot be pickled."""
     buffers: list[pickle.PickleBuffer] = []
 
@@ -248,7 +249,7 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextmanager
-def loading_into(namespace: dict | None):
+def loading_into(namespace: dict[str, Any] | None) -> Iterator[None]:
     """Notebook functions unpickled inside this block get ``namespace`` as their globals."""
     token = _load_namespace.set(namespace)
     try:
@@ -306,7 +307,7 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(MOVED_MODULES.get(module, module), name)
 
 
-def _loads(stream, buffers) -> Any:
+def _loads(stream: bytes | memoryview, buffers: list[bytearray]) -> Any:
     return _Unpickler(io.BytesIO(stream), buffers=buffers).load()
 
 
@@ -374,12 +375,12 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _parse_header(head) -> tuple[int, int]:
+def _parse_header(head: bytes | memoryview) -> tuple[int, int]:
     magic, n, stream_len = _HEADER.unpack(bytes(head))
     if magic != MAGIC:
         raise ValueError("not an nbdurable value (bad magic)")
     return n, stream_len
 
 
-def _parse_lens(raw, n: int) -> Sequence[int]:
+def _parse_lens(raw: bytes | memoryview, n: int) -> Sequence[int]:
     return [_LEN.unpack_from(raw, i * _LEN.size)[0] for i in range(n)]

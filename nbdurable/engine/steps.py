@@ -20,11 +20,12 @@ import inspect
 import json
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import xxhash
 
 from nbdurable.engine import context, serializer, values
+from nbdurable.engine.context import LogArg
 from nbdurable.engine.fingerprint import fingerprint
 from nbdurable.errors import (
     IntegrityWarning,
@@ -36,6 +37,9 @@ from nbdurable.errors import (
 )
 from nbdurable.store import records
 from nbdurable.store.schema import Kind, Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nbdurable.store.logdb import LogDB
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,16 +60,16 @@ class _StepFunction:
         functools.update_wrapper(self, fn)
         self._fn = fn
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (step, (self._fn,))
 
-    def __get__(self, obj, objtype=None):
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         return self if obj is None else functools.partial(self, obj)
 
     def __repr__(self) -> str:
         return f"<nbdurable step {self._fn.__qualname__}>"
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         call = _Call.begin(self._fn, args, kwargs)
         if call is None:
             return self._fn(*args, **kwargs)
@@ -76,7 +80,7 @@ class _StepFunction:
 
 
 class _AsyncStepFunction(_StepFunction):
-    async def __call__(self, *args, **kwargs):
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         call = _Call.begin(self._fn, args, kwargs)
         if call is None:
             return await self._fn(*args, **kwargs)
@@ -95,10 +99,11 @@ class _Call:
     def __init__(self, ctx: context.StepContext, key: str, fp: str):
         self.ctx, self.key, self.fp = ctx, key, fp
         self.started = records.now()
-        self._recorded: values.StoredRef | None = None
+        self._recorded: records.StoredRef | None = None
 
     @classmethod
-    def begin(cls, fn, args, kwargs) -> _Call | None:
+    def begin(cls, fn: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> _Call | None:
         ctx = context.current()
         if ctx is None:
             return None
@@ -137,7 +142,7 @@ class _Call:
         return result
 
 
-def _recorded_calls(ctx: context.StepContext) -> dict:
+def _recorded_calls(ctx: context.StepContext) -> dict[str, Any]:
     """The step's recorded calls, read once per execution (calls add nothing to it meanwhile
     that this execution could reuse: keys are unique within an execution)."""
     if ctx.calls is None:
@@ -146,7 +151,8 @@ def _recorded_calls(ctx: context.StepContext) -> dict:
     return ctx.calls
 
 
-def _call_fingerprint(fn, args, kwargs) -> str:
+def _call_fingerprint(fn: Callable[..., Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> str:
     """Changes when the function's code or any argument changes."""
     ns = _main_namespace()
     parts = [fingerprint(fn, ns)[0]]
@@ -155,21 +161,17 @@ def _call_fingerprint(fn, args, kwargs) -> str:
     return xxhash.xxh3_128_hexdigest(json.dumps(parts).encode())
 
 
-def _main_namespace() -> dict | None:
+def _main_namespace() -> dict[str, Any] | None:
     return context.main_namespace()
 
 
-def _where(run: str | None, log) -> tuple[Any, str]:
-    return context.locate(run, log)
-
-
-def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+def once(key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` at most once per run for ``key``; return its recorded result."""
     if not isinstance(key, str) or not key:
         raise UsageError(f"once() needs a non-empty string key, got {key!r}")
     if not callable(fn):
         raise UsageError(f"once({key!r}, fn) needs a callable fn, got {type(fn).__name__}")
-    log, run = _where(None, None)
+    log, run = context.locate(None, None)
     ctx = context.current()
     with log.transaction(announce=False) as con:
         state = records.once_state(con, run, key)
@@ -188,7 +190,7 @@ def once(key: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
     return result
 
 
-def _record_once(log, run: str, key: str, result: Any) -> None:
+def _record_once(log: LogDB, run: str, key: str, result: Any) -> None:
     try:
         ref = values.store_packed(log.blobs, serializer.pack(result,
                                                                 main_globals=_main_namespace()))
@@ -200,7 +202,7 @@ def _record_once(log, run: str, key: str, result: Any) -> None:
                 announce=False)
 
 
-def _once_result(log, key: str, state: records.OnceState) -> Any:
+def _once_result(log: LogDB, key: str, state: records.OnceState) -> Any:
     if state.result is None:
         return None
     try:
@@ -222,16 +224,17 @@ def _in_doubt(key: str, state: records.OnceState) -> StepError:
         f"nbdurable.once_resolve({key!r}, result) or nbdurable.once_reset({key!r})", key=key)
 
 
-def once_reset(key: str, *, run: str | None = None, log=None) -> bool:
+def once_reset(key: str, *, run: str | None = None, log: LogArg = None) -> bool:
     """Forget ``key`` so that the next ``once`` runs again. True if there was a record."""
-    log, run = _where(run, log)
-    with log.transaction(announce=False) as con:
+    db, run = context.locate(run, log)
+    with db.transaction(announce=False) as con:
         existed = records.once_state(con, run, key) is not None
         con.execute(*records.once_event(Kind.ONCE_RESET, run, key))
     return existed
 
 
-def once_resolve(key: str, result: Any = None, *, run: str | None = None, log=None) -> None:
+def once_resolve(key: str, result: Any = None, *, run: str | None = None,
+                 log: LogArg = None) -> None:
     """Record that ``key`` happened with ``result``: later ``once`` calls return it."""
-    log, run = _where(run, log)
-    _record_once(log, run, key, result)
+    db, run = context.locate(run, log)
+    _record_once(db, run, key, result)

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from nbdurable import settings
 from nbdurable.engine import values
-from nbdurable.engine.context import resolve_log
+from nbdurable.engine.context import LogArg, resolve_log
 from nbdurable.errors import LogCorruptError
 from nbdurable.store import queries, records, schema, signing
 from nbdurable.store.runs import require_run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nbdurable.store.logdb import LogDB
 
 _KINDS = (schema.Kind.ATTEMPT_FINISHED, schema.Kind.CALL_COMPLETED, schema.Kind.ONCE_FINISHED)
 
@@ -34,7 +38,7 @@ class TrustResult:
     valid: int
     unreadable: int
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def message(self) -> str:
@@ -44,7 +48,7 @@ class TrustResult:
                    if self.unreadable else ""))
 
 
-def trust(log, *, run: str | None = None) -> TrustResult:
+def trust(log: LogArg, *, run: str | None = None) -> TrustResult:
     """Sign every stored value of ``log`` (or of ``run``) with this user's secret."""
     db = resolve_log(log)
     refs = _stored_values(db, run)
@@ -58,21 +62,23 @@ def trust(log, *, run: str | None = None) -> TrustResult:
     return result
 
 
-def _stored_values(db, run: str | None) -> dict:
+def _stored_values(db: LogDB,
+                   run: str | None) -> dict[tuple[str, str | None], tuple[str, records.StoredRef]]:
     """(hash, mac) -> (run, ref) of every stored value of the log, or of ``run``."""
     with db.lease() as con:
         if run is not None:
             run = settings.check_run_id(run)
             require_run(con, db, run)
         rows = queries.value_rows(con, _KINDS, run)
-    refs: dict[tuple[str, str | None], tuple[str, values.StoredRef]] = {}
+    refs: dict[tuple[str, str | None], tuple[str, records.StoredRef]] = {}
     for run_id, body, data in rows:
         for ref in records.stored_refs(json.loads(body), data):
             refs.setdefault((ref.hash, ref.mac), (run_id, ref))
     return refs
 
 
-def _sign(db, run_id: str, ref: values.StoredRef, result: TrustResult):
+def _sign(db: LogDB, run_id: str, ref: records.StoredRef,
+          result: TrustResult) -> records.Statement | None:
     """The ``value_trusted`` row for ``ref`` if it needs one; counts what it finds."""
     try:
         mac = signing.sign([values.raw_bytes(db.blobs, ref)])

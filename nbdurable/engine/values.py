@@ -8,7 +8,7 @@ identical value is stored once however many steps produce it.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -17,11 +17,17 @@ from nbdurable.errors import LogCorruptError, SignatureError
 from nbdurable.store import signing
 from nbdurable.store.records import StoredRef
 
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
+    from nbdurable.store.blobs import BlobStore
+    from nbdurable.store.logdb import LogDB
+
 #: Encoded values up to this size are kept in the row's BLOB column.
 INLINE_LIMIT = 64 * 1024
 
 
-def store_packed(blobs, packed: serializer.Packed) -> StoredRef:
+def store_packed(blobs: BlobStore, packed: serializer.Packed) -> StoredRef:
     """Make ``packed`` durable and signed: inline bytes, or a synced blob file for big values
     (signed while it is written)."""
     if packed.size <= INLINE_LIMIT:
@@ -30,7 +36,7 @@ def store_packed(blobs, packed: serializer.Packed) -> StoredRef:
     return StoredRef(packed.digest, packed.size, None, _put(blobs, packed.digest, packed.chunks))
 
 
-def store_bytes(blobs, data: bytes) -> StoredRef:
+def store_bytes(blobs: BlobStore, data: bytes) -> StoredRef:
     """Like :func:`store_packed` for bytes that are already encoded (outputs JSON)."""
     digest = xxhash.xxh3_128_hexdigest(data)
     if len(data) <= INLINE_LIMIT:
@@ -38,7 +44,7 @@ def store_bytes(blobs, data: bytes) -> StoredRef:
     return StoredRef(digest, len(data), None, _put(blobs, digest, [data]))
 
 
-def _put(blobs, digest: str, chunks) -> str:
+def _put(blobs: BlobStore, digest: str, chunks: Sequence[Any]) -> str:
     signer = signing.Signer()
     if not blobs.put(digest, chunks, signer=signer):  # stored already: sign what we have
         for chunk in chunks:
@@ -46,7 +52,7 @@ def _put(blobs, digest: str, chunks) -> str:
     return signer.hexdigest()
 
 
-def load_value(log, ref: StoredRef, namespace: dict | None = None) -> Any:
+def load_value(log: LogDB, ref: StoredRef, namespace: dict[str, Any] | None = None) -> Any:
     """Decode a value stored by :func:`store_packed` in ``log``, once its signature checks:
     :class:`~nbdurable.errors.SignatureError` if it does not (nothing is unpickled)."""
     with serializer.loading_into(namespace):
@@ -70,22 +76,22 @@ def load_value(log, ref: StoredRef, namespace: dict | None = None) -> Any:
             return serializer.load_parts(parts)
 
 
-def load_bytes(log, ref: StoredRef) -> bytes:
+def load_bytes(log: LogDB, ref: StoredRef) -> bytes:
     """Read bytes stored by :func:`store_bytes` in ``log``, once their signature checks."""
     data = raw_bytes(log.blobs, ref)
     _check(log, ref, signing.sign([data]))
     return data
 
 
-def raw_bytes(blobs, ref: StoredRef) -> bytes:
+def raw_bytes(blobs: BlobStore, ref: StoredRef) -> bytes:
     """A stored value's bytes, unchecked (to sign them, never to load them)."""
     if ref.data is not None:
         return bytes(ref.data)
     with blobs.open(ref.hash) as f:
-        return f.read()
+        return bytes(f.read())
 
 
-def _check(log, ref: StoredRef, computed: str) -> None:
+def _check(log: LogDB, ref: StoredRef, computed: str) -> None:
     """Accept the bytes whose HMAC is ``computed`` if the ref's signature, or one that
     ``nbdurable trust`` recorded for them, is that HMAC."""
     if _same(ref.mac, computed):

@@ -22,15 +22,18 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbdurable.engine import context, events
 from nbdurable.errors import UsageError, WaitMismatchError, WaitTimeout
 from nbdurable.store import mailbox, records, schema
 from nbdurable.store.runs import require_run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nbdurable.store.logdb import Connection
 
 POLL = 0.01  # seconds between two looks at the write generation, early in a wait
 #: After consuming an event while more are pending, keep the log's lease this long, so that
@@ -53,7 +56,7 @@ class Sleep:
     def describe(self) -> str:
         return f"sleep {_human(self.duration)}"
 
-    def spec(self) -> list:
+    def spec(self) -> list[Any]:
         return ["sleep", self.duration]
 
 
@@ -69,7 +72,7 @@ class Event:
     def describe(self) -> str:
         return f"event `{self.key}`"
 
-    def spec(self) -> list:
+    def spec(self) -> list[Any]:
         return ["event", self.key]
 
 
@@ -140,13 +143,13 @@ class _Floors:
     SIZE = 256
 
     def __init__(self) -> None:
-        self._floors: dict[tuple, Floor] = {}
+        self._floors: dict[tuple[Any, ...], Floor] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> Floor | None:
+    def get(self, key: tuple[Any, ...]) -> Floor | None:
         return self._floors.get(key)
 
-    def raise_to(self, key: tuple, floor: Floor | None) -> None:
+    def raise_to(self, key: tuple[Any, ...], floor: Floor | None) -> None:
         with self._lock:
             old = self._floors.pop(key, None)
             best = max((f for f in (old, floor) if f is not None), key=lambda f: f.rowid,
@@ -156,7 +159,7 @@ class _Floors:
             while len(self._floors) > self.SIZE:
                 self._floors.pop(next(iter(self._floors)))
 
-    def forget(self, key: tuple) -> None:
+    def forget(self, key: tuple[Any, ...]) -> None:
         with self._lock:
             self._floors.pop(key, None)
 
@@ -206,7 +209,7 @@ class Wait:
         self._began = time.monotonic()
 
     @property
-    def spec(self) -> dict:
+    def spec(self) -> dict[str, Any]:
         return {"mode": self.mode, "conditions": [c.spec() for c in self.conditions],
                 "timeout": self.timeout}
 
@@ -228,7 +231,7 @@ class Wait:
         return min(ahead) if ahead else None
 
     # -- the log --------------------------------------------------------------------------------
-    def begin(self) -> dict | None:
+    def begin(self) -> dict[str, Any] | None:
         """Start the wait, in one transaction (one lease): the recorded outcome if it completed
         before; else the deadlines recorded (or recovered), and the outcome if the mailbox
         already satisfies it; else None."""
@@ -241,7 +244,7 @@ class Wait:
                 self._record_start(con)  # completed at once, its deadlines need no record
             return outcome
 
-    def _recall(self, con) -> dict | None:
+    def _recall(self, con: Connection) -> dict[str, Any] | None:
         now = records.now()
         started = completed = None
         if self.ctx is None:  # outside a durable cell: nothing recorded, but a real run
@@ -251,7 +254,8 @@ class Wait:
             started, completed = self._recorded(con)
         if completed is not None:
             self._check_same(completed)
-            return completed["outcome"]
+            outcome: dict[str, Any] = completed["outcome"]
+            return outcome
         if started is not None:
             self._check_same(started)
             self.deadlines = [_dt(d) for d in started["deadlines"]]
@@ -264,19 +268,19 @@ class Wait:
         self._start_unrecorded = self.ctx is not None
         return None
 
-    def _record_start(self, con) -> None:
+    def _record_start(self, con: Connection) -> None:
         """``wait_started``: the deadlines, so that a restart waits only what is left."""
         self._write(schema.Kind.WAIT_STARTED, {"deadlines": [_iso(d) for d in self.deadlines],
                                           "timeout_at": _iso(self.timeout_at)}, con)
         self._start_unrecorded = False
 
-    def _recorded(self, con) -> tuple[dict | None, dict | None]:
+    def _recorded(self, con: Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         ctx = self.ctx
         assert ctx is not None and self.key is not None, "only a step's waits are recorded"
         return mailbox.recorded_wait(con, self.run, ctx.step, self.key, ctx.source_hash,
                                      ctx.since)
 
-    def _check_same(self, recorded: dict) -> None:
+    def _check_same(self, recorded: dict[str, Any]) -> None:
         reached = json.loads(json.dumps(self.spec))
         if recorded["spec"] != reached:
             step = self.ctx.step if self.ctx else None
@@ -287,12 +291,12 @@ class Wait:
                 "(or run it with --force)", step=step, wait=self.key,
                 recorded=recorded["spec"], reached=reached)
 
-    def _body(self, extra: dict) -> str:
+    def _body(self, extra: dict[str, Any]) -> str:
         return json.dumps({"wait": self.key, "spec": self.spec,
                            "source_hash": self.ctx.source_hash if self.ctx else "",
                            "attempt": self.ctx.attempt if self.ctx else None, **extra})
 
-    def _write(self, kind: str, extra: dict, con=None) -> None:
+    def _write(self, kind: str, extra: dict[str, Any], con: Connection | None = None) -> None:
         row = mailbox.wait_row(self.run, self.ctx.step if self.ctx else None,
                                self.ctx.attempt if self.ctx else None, kind, self._body(extra))
         if con is not None:
@@ -301,13 +305,13 @@ class Wait:
             mailbox.write_wait_deferred(self.log, row)
 
     # -- completing -----------------------------------------------------------------------------
-    def try_complete(self) -> dict | None:
+    def try_complete(self) -> dict[str, Any] | None:
         """If the wait is satisfied now, record its outcome (consuming its events) and return
         it, all in one transaction."""
         with self.log.transaction(announce=False, urgent=True) as con:
             return self._complete(con)
 
-    def _complete(self, con) -> dict | None:
+    def _complete(self, con: Connection) -> dict[str, Any] | None:
         now = self._looked_at = records.now()
         pending = self._mailbox(con)
         outcome = self._outcome(pending, now)
@@ -319,7 +323,7 @@ class Wait:
                 self.log.hold(HOLD)
         return outcome
 
-    def _mailbox(self, con) -> list[mailbox.Pending]:
+    def _mailbox(self, con: Connection) -> list[mailbox.Pending]:
         keys = self.keys()
         if not keys:
             return []
@@ -331,10 +335,10 @@ class Wait:
         return mailbox.pending(con, self.run, keys, max(Counter(keys).values()) + 1,
                               floor.rowid if floor else 0)
 
-    def _floor_key(self) -> tuple:
+    def _floor_key(self) -> tuple[Any, ...]:
         return (str(self.log.path), self.run, tuple(sorted(self.keys())))
 
-    def _outcome(self, pending: list[mailbox.Pending], now: datetime) -> dict | None:
+    def _outcome(self, pending: list[mailbox.Pending], now: datetime) -> dict[str, Any] | None:
         if self.mode == "any":
             for i, cond in enumerate(self.conditions):
                 deadline = self.deadlines[i]
@@ -355,7 +359,7 @@ class Wait:
         return None
 
     # -- the loops ------------------------------------------------------------------------------
-    def run_sync(self, last: int) -> dict:
+    def run_sync(self, last: int) -> dict[str, Any]:
         """Wait, after :meth:`begin` found nothing at generation ``last`` (read before it):
         panel shown, mailbox read again whenever the log changed or a deadline passed."""
         ui = _ui(self) if _ui is not None else _SleepUI()
@@ -370,7 +374,7 @@ class Wait:
         finally:
             ui.close()
 
-    async def run_async(self, last: int) -> dict:
+    async def run_async(self, last: int) -> dict[str, Any]:
         """The same loop for top-level ``await``: the kernel keeps handling messages (on
         ipykernel 7.4+ widget clicks reach their handlers while a cell awaits)."""
         outcome = None
@@ -380,7 +384,7 @@ class Wait:
                 await asyncio.sleep(self._pause())
         return outcome
 
-    def _look(self, last: int) -> tuple[int, dict | None]:
+    def _look(self, last: int) -> tuple[int, dict[str, Any] | None]:
         """Read the mailbox only when the log changed since generation ``last`` (a push bumps
         it) or a deadline passed; (the generation now, the outcome if the wait completed)."""
         generation = self.log.generation()
@@ -401,13 +405,14 @@ class Wait:
         left = (deadline - records.now()).total_seconds()
         return max(0.0, min(poll, left))
 
-    def outcome_text(self, outcome: dict) -> str:
+    def outcome_text(self, outcome: dict[str, Any]) -> str:
         if outcome.get("timeout"):
             return f"timed out after {_human(self.timeout)}"
         return describe_outcome(self.spec, outcome)
 
 
-def _take_all(conditions, pending: list[mailbox.Pending]) -> list | None:
+def _take_all(conditions: Sequence[Condition],
+              pending: list[mailbox.Pending]) -> list[Any] | None:
     """For wait_all: one distinct pending event per Event condition (None for sleeps)."""
     needed = Counter(c.key for c in conditions if isinstance(c, Event))
     by_key: dict[str, list[mailbox.Pending]] = {}
@@ -439,18 +444,18 @@ def _human(secs: float | None) -> str:
     return f"{secs / 3600:.1f} h"
 
 
-def describe_spec(spec: dict) -> str:
+def describe_spec(spec: dict[str, Any]) -> str:
     """A recorded wait's conditions in words: ``event `approve` or sleep 24.0 h``."""
     parts = [_describe_condition(c) for c in spec["conditions"]]
     return (" and " if spec["mode"] == "all" else " or ").join(parts)
 
 
-def _describe_condition(condition: list) -> str:
+def _describe_condition(condition: list[Any]) -> str:
     kind, value = condition
     return f"sleep {_human(value)}" if kind == "sleep" else f"event `{value}`"
 
 
-def describe_outcome(spec: dict, outcome: dict) -> str:
+def describe_outcome(spec: dict[str, Any], outcome: dict[str, Any]) -> str:
     """A recorded outcome in words: ``event `approve` fired with {"by": "ana"}``."""
     if outcome.get("timeout"):
         return "timed out"
@@ -464,7 +469,7 @@ def describe_outcome(spec: dict, outcome: dict) -> str:
 
 # -- the public functions ----------------------------------------------------------------------
 
-def _result(wait: Wait, outcome: dict, shape: str):
+def _result(wait: Wait, outcome: dict[str, Any], shape: str) -> Any:
     if outcome.get("timeout"):
         raise WaitTimeout(f"{wait.describe()}: no event within {_human(wait.timeout)} "
                           f"({wait.key or 'wait'} in run {wait.run!r})")
@@ -478,7 +483,8 @@ def _result(wait: Wait, outcome: dict, shape: str):
     return None
 
 
-def _wait(conditions, mode: str, shape: str, timeout: float | None = None):
+def _wait(conditions: Sequence[Condition], mode: str, shape: str,
+          timeout: float | None = None) -> Any:
     wait = Wait(tuple(conditions), mode, timeout)
     last = wait.log.generation()  # before begin(): a push it misses moves the generation on
     outcome = wait.begin()
@@ -487,7 +493,8 @@ def _wait(conditions, mode: str, shape: str, timeout: float | None = None):
     return _result(wait, outcome, shape)
 
 
-async def _wait_async(conditions, mode: str, shape: str, timeout: float | None = None):
+async def _wait_async(conditions: Sequence[Condition], mode: str, shape: str,
+                      timeout: float | None = None) -> Any:
     wait = Wait(tuple(conditions), mode, timeout)
     last = wait.log.generation()  # before begin(): a push it misses moves the generation on
     outcome = wait.begin()
@@ -510,12 +517,14 @@ def wait_for_event(key: str, timeout: float | timedelta | None = None) -> Any:
 
 def wait_any(*conditions: Condition) -> WaitResult:
     """Wait until one condition is met; ``.index``, ``.condition``, ``.payload`` say which."""
-    return _wait(conditions, "any", "any")
+    result: WaitResult = _wait(conditions, "any", "any")
+    return result
 
 
-def wait_all(*conditions: Condition) -> list:
+def wait_all(*conditions: Condition) -> list[Any]:
     """Wait until every condition is met; the payloads in order (None for sleeps)."""
-    return _wait(conditions, "all", "all")
+    payloads: list[Any] = _wait(conditions, "all", "all")
+    return payloads
 
 
 async def sleep_async(duration: float | timedelta) -> None:
@@ -531,9 +540,11 @@ async def wait_for_event_async(key: str, timeout: float | timedelta | None = Non
 
 async def wait_any_async(*conditions: Condition) -> WaitResult:
     """:func:`wait_any` for top-level ``await``."""
-    return await _wait_async(conditions, "any", "any")
+    result: WaitResult = await _wait_async(conditions, "any", "any")
+    return result
 
 
-async def wait_all_async(*conditions: Condition) -> list:
+async def wait_all_async(*conditions: Condition) -> list[Any]:
     """:func:`wait_all` for top-level ``await``."""
-    return await _wait_async(conditions, "all", "all")
+    payloads: list[Any] = await _wait_async(conditions, "all", "all")
+    return payloads

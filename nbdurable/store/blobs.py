@@ -19,7 +19,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from nbdurable.errors import CheckpointError, LogCorruptError, UsageError
 from nbdurable.store import files
@@ -51,7 +51,7 @@ class BlobStore:
         """Whether the blob named ``digest`` is stored."""
         return self.path(digest).is_file()
 
-    def put(self, digest: str, chunks: Sequence[Chunk], *, signer=None) -> bool:
+    def put(self, digest: str, chunks: Sequence[Chunk], *, signer: Any = None) -> bool:
         """Store the concatenation of ``chunks`` as ``digest``, durably.
 
         Returns False (writing nothing) if the blob already exists: the caller vouches that

@@ -37,6 +37,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -113,7 +114,7 @@ class Claim:
         _write_json(self._fd, self._content())
         self.notes += _end_kernels(self.path, self.run)
 
-    def _content(self) -> dict:
+    def _content(self) -> dict[str, Any]:
         return {"run": self.run, "invocation": self.invocation, "pgid": os.getpgid(0),
                 "since": _now(), **ProcessId.current().to_dict()}
 
@@ -134,7 +135,7 @@ class Claim:
     def __enter__(self) -> Claim:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -264,7 +265,7 @@ def _stop(driver_group: object) -> None:
                    spare_group=driver_group if isinstance(driver_group, int) else None)
 
 
-def _driver_content(path: Path) -> dict:
+def _driver_content(path: Path) -> dict[str, Any]:
     with _opened(path) as fd:
         return _read_json(fd) if fd is not None else {}
 
@@ -299,7 +300,7 @@ class _opened:
     def __enter__(self) -> int | None:
         return self.fd
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
             os.close(self.fd)
 
@@ -327,7 +328,7 @@ def _lock_within(fd: int, mode: int, seconds: float) -> bool:
     return True
 
 
-def _read_json(fd: int) -> dict:
+def _read_json(fd: int) -> dict[str, Any]:
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")
     except (OSError, ValueError):
@@ -335,7 +336,7 @@ def _read_json(fd: int) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _write_json(fd: int, data: dict) -> None:
+def _write_json(fd: int, data: dict[str, Any]) -> None:
     raw = json.dumps(data).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, raw, 0)

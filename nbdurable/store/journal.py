@@ -40,10 +40,12 @@ import queue
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -53,8 +55,13 @@ from nbdurable.processes import ProcessId, start_time
 from nbdurable.store import files, schema
 from nbdurable.store.sidecars import Sidecars
 
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
+
+    from nbdurable.store.logdb import LogDB
+
 #: An event row as in the ``events`` table: run, step, attempt, kind, ts, body, data.
-Row = list
+Row = list[Any]
 _RECOVER = ("INSERT INTO events SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM"
             " events WHERE run = ? AND step IS NOT DISTINCT FROM ? AND attempt IS NOT DISTINCT"
             " FROM ? AND kind = ? AND ts = ?)")
@@ -141,7 +148,7 @@ def read(path: Path) -> Contents:
 class Journal:
     """This process's journal for one log, and the thread that moves it into the log."""
 
-    def __init__(self, log):
+    def __init__(self, log: LogDB):
         self.log = log
         self.dir = Sidecars.of(log.path).journal
         self.pid = os.getpid()
@@ -150,8 +157,8 @@ class Journal:
         self._lock = threading.Lock()
         self._written = 0  # bytes appended
         self._applied = 0  # bytes whose rows are in the log
-        self._unsent: dict[tuple, Row] = {}  # rows appended but not submitted yet
-        self._queue: queue.Queue = queue.Queue()
+        self._unsent: dict[tuple[Any, ...], Row] = {}  # rows appended but not submitted yet
+        self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stalled: str | None = None  # why the last insert failed, until one succeeds
         self._told = False
@@ -228,7 +235,7 @@ class Journal:
             else:
                 retry = min(_RETRY_CAP, retry * 2 or _RETRY_FIRST)
 
-    def _take(self, pending: list, timeout: float) -> bool:
+    def _take(self, pending: list[Any], timeout: float) -> bool:
         """Move queued batches into ``pending``, waiting up to ``timeout`` for the first;
         True when asked to stop."""
         try:
@@ -241,7 +248,7 @@ class Journal:
         except queue.Empty:
             return False
 
-    def _insert(self, pending: list, *, again: bool) -> bool:
+    def _insert(self, pending: list[Any], *, again: bool) -> bool:
         from nbdurable.store.records import combine_rows
 
         rows = [r for batch, _ in pending for r in batch]
@@ -282,7 +289,7 @@ class Journal:
             self._fd = None
 
 
-def _identity(row: Row) -> tuple:
+def _identity(row: Row) -> tuple[Any, ...]:
     return tuple(row[:5])  # run, step, attempt, kind, ts
 
 
@@ -298,7 +305,7 @@ def _owner(path: Path) -> ProcessId | None:
         return None
 
 
-def _journals(log_path: Path):
+def _journals(log_path: Path) -> Iterator[tuple[Path, bool | None]]:
     """(path, alive) of each journal beside the log; alive is None for another host."""
     directory = Sidecars.of(log_path).journal
     if not directory.is_dir():
@@ -345,14 +352,14 @@ def _size(path: Path) -> int:
         return 0
 
 
-def gather(con, log_path: Path, run: str | None = None) -> tuple[bool, list[Row]]:
+def gather(con: Connection, log_path: Path, run: str | None = None) -> tuple[bool, list[Row]]:
     """Holding the lease: move dead processes' journals into the log; return whether that wrote
     anything, and the rows of live processes' journals for ``run``."""
     seen = look(log_path, run)
     return recover(con, seen.dead), seen.live
 
 
-def recover(con, dead: list[Path]) -> bool:
+def recover(con: Connection, dead: list[Path]) -> bool:
     """Move the rows of dead processes' journals ``dead`` into the log (hold the lease); set
     their damaged lines aside. True if anything was written."""
     wrote = False

@@ -60,11 +60,11 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from nbdurable import interrupts, processes
 from nbdurable.errors import (
@@ -83,6 +83,9 @@ from nbdurable.store.sidecars import Sidecars
 
 if TYPE_CHECKING:
     import duckdb
+
+    #: A connection to the log, as the store's functions take it (the engine names it so).
+    Connection: TypeAlias = duckdb.DuckDBPyConnection
 else:
     class _LazyDuckDB:
         """``import duckdb`` costs ~0.1 s (and, in a kernel, its first connection imports
@@ -164,8 +167,8 @@ class LogDB:
             finally:
                 lease.after_transaction()
 
-    def execute(self, sql: str, params: list | None = None, *,
-                announce: bool = True) -> list[tuple]:
+    def execute(self, sql: str, params: list[Any] | None = None, *,
+                announce: bool = True) -> list[tuple[Any, ...]]:
         """Run one statement as its own (autocommitted) transaction; return its rows.
 
         One statement is atomic, and cheaper than BEGIN + statement + COMMIT. ``announce``
@@ -194,7 +197,7 @@ class LogDB:
         the database (journals). Needs no lease: it never waits for a transaction."""
         self._sidecars().bump_generation()
 
-    def defer(self, sql: str, params: list) -> None:
+    def defer(self, sql: str, params: list[Any]) -> None:
         """Queue a best-effort write (bookkeeping a crash may lose harmlessly).
 
         It is written with the next transaction, before the lease is given back, or by a
@@ -218,7 +221,7 @@ class LogDB:
         except LogError:
             return -1
 
-    def before_release(self, callback) -> None:
+    def before_release(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(generation)`` when the file is detached but still locked, before the
         lease is given back (to save derived state tagged with the state it is true for)."""
         with self._locked() as lease:
@@ -386,11 +389,11 @@ class _Lease:
         self.depth = 0
         self.idle_deadline = 0.0
         self.thread: threading.Thread | None = None
-        self.deferred: list[tuple[str, list]] = []
+        self.deferred: list[tuple[str, list[Any]]] = []
         self.drained: list[Path] = []  # spooled pushes moved in by the open transaction
         self.generation_lock = threading.Lock()
         self.flush_due: float | None = None
-        self.release_callbacks: list = []
+        self.release_callbacks: list[Callable[[int], None]] = []
         self.acquired_at = self.hold_until = 0.0
         _LIVE.add(self)
 
@@ -459,7 +462,7 @@ class _Lease:
         if not paths:
             return []
         try:
-            return spool.drain(self.conn, self.path, paths)
+            return spool.drain(self.con, self.path, paths)
         except duckdb.Error:
             self.con.execute("ROLLBACK")
             self.con.execute("BEGIN TRANSACTION")
@@ -473,7 +476,7 @@ class _Lease:
         with interrupts.deferred():  # never leave this transaction open
             try:
                 self.con.execute("BEGIN TRANSACTION")
-                done = spool.drain(self.conn, self.path, paths)
+                done = spool.drain(self.con, self.path, paths)
                 self.con.execute("COMMIT")
             except duckdb.Error:
                 with suppress(duckdb.Error):

@@ -6,11 +6,17 @@ consumed). Every SQL statement about events and waits is here; the engine's ``ev
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbdurable.store import records, schema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
+
+    from nbdurable.store.logdb import LogDB
 
 _INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)"
 
@@ -47,12 +53,12 @@ class Consumption:
 
 # -- pushing --------------------------------------------------------------------------------------
 
-def push_row(run: str, body: str) -> list:
+def push_row(run: str, body: str) -> list[Any]:
     """The ``event_pushed`` row of a push (written by the spool, or :func:`append`)."""
     return [run, None, None, schema.Kind.EVENT_PUSHED, records.now(), body, None]
 
 
-def push_if_new(con, run: str, event_id: str, body: str) -> bool:
+def push_if_new(con: Connection, run: str, event_id: str, body: str) -> bool:
     """Insert the push unless its id is there already, if the run exists in the log (one
     statement in the common case); whether it was inserted."""
     return bool(con.execute(
@@ -63,20 +69,21 @@ def push_if_new(con, run: str, event_id: str, body: str) -> bool:
          event_id]).fetchall())
 
 
-def pushed_body(con, run: str, event_id: str) -> dict | None:
+def pushed_body(con: Connection, run: str, event_id: str) -> dict[str, Any] | None:
     """The body of the push of ``event_id`` in ``run``, if there is one."""
     row = con.execute("SELECT body FROM events WHERE run = ? AND kind = ? AND body ->> 'id' = ?",
                       [run, schema.Kind.EVENT_PUSHED, event_id]).fetchone()
     return json.loads(row[0]) if row else None
 
 
-def append(con, run: str, body: str) -> None:
+def append(con: Connection, run: str, body: str) -> None:
     con.execute(_INSERT, push_row(run, body))
 
 
 # -- reading the mailbox --------------------------------------------------------------------------
 
-def pending(con, run: str, keys, per_key: int | None = None, floor: int = 0) -> list[Pending]:
+def pending(con: Connection, run: str, keys: Iterable[str], per_key: int | None = None,
+            floor: int = 0) -> list[Pending]:
     """Unconsumed events of ``keys`` in ``run``, oldest first (hold the lease); at most the
     ``per_key`` oldest of each key (a wait needs only the first few of a long queue).
 
@@ -105,14 +112,14 @@ def pending(con, run: str, keys, per_key: int | None = None, floor: int = 0) -> 
     return found
 
 
-def id_at(con, rowid: int) -> str | None:
+def id_at(con: Connection, rowid: int) -> str | None:
     """The id of the event pushed at ``rowid``, if the row there is one."""
     row = con.execute("SELECT body ->> 'id' FROM events WHERE rowid = ? AND kind = ?",
                       [rowid, schema.Kind.EVENT_PUSHED]).fetchone()
     return row[0] if row else None
 
 
-def pushed(con, run: str) -> list[Pushed]:
+def pushed(con: Connection, run: str) -> list[Pushed]:
     """Every event pushed to ``run``, oldest first."""
     rows = con.execute("SELECT ts, body FROM events WHERE run = ? AND kind = ? ORDER BY rowid",
                        [run, schema.Kind.EVENT_PUSHED]).fetchall()
@@ -123,7 +130,7 @@ def pushed(con, run: str) -> list[Pushed]:
     return found
 
 
-def consumptions(con, run: str) -> dict[str, Consumption]:
+def consumptions(con: Connection, run: str) -> dict[str, Consumption]:
     """id -> the wait that consumed it."""
     rows = con.execute("SELECT step, ts, body FROM events WHERE run = ? AND kind = ?"
                        " ORDER BY rowid", [run, schema.Kind.WAIT_COMPLETED]).fetchall()
@@ -137,23 +144,23 @@ def consumptions(con, run: str) -> dict[str, Consumption]:
 
 # -- waits ----------------------------------------------------------------------------------------
 
-def wait_row(run: str, step: str | None, attempt: int | None, kind: str, body: str) -> list:
+def wait_row(run: str, step: str | None, attempt: int | None, kind: str, body: str) -> list[Any]:
     """A ``wait_started`` or ``wait_completed`` row."""
     return [run, step, attempt, kind, records.now(), body, None]
 
 
-def write_wait(con, row: list) -> None:
+def write_wait(con: Connection, row: list[Any]) -> None:
     con.execute(_INSERT, row)
 
 
-def write_wait_deferred(log, row: list) -> None:
+def write_wait_deferred(log: LogDB, row: list[Any]) -> None:
     """Write a wait's row under a lease of its own, telling no cache (nothing they hold
     changes)."""
     log.execute(_INSERT, row, announce=False)
 
 
-def recorded_wait(con, run: str, step: str, wait: str, source_hash: str,
-                  since: int) -> tuple[dict | None, dict | None]:
+def recorded_wait(con: Connection, run: str, step: str, wait: str, source_hash: str,
+                  since: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The latest ``wait_started`` body of this wait of the step's current source (attempts
     from ``since`` on), and its ``wait_completed`` body if it completed after it."""
     rows = con.execute(

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nbdurable.errors import UsageError, first_line
 from nbdurable.store import journal, schema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
+
+    from nbdurable.store.logdb import LogDB
 
 HISTORY_SQL = """
 SELECT run, step, status, attempt, started_at, finished_at, duration_s, reason, forced, error,
@@ -69,7 +74,7 @@ class WaitRow(NamedTuple):
     step: str | None
     attempt: int | None
     kind: str
-    body: dict
+    body: dict[str, Any]
 
 
 class ValueRow(NamedTuple):
@@ -83,7 +88,7 @@ class ValueRow(NamedTuple):
 
 # -- the events relation --------------------------------------------------------------------------
 
-def with_journals(con, db, run: str | None) -> str:
+def with_journals(con: Connection, db: LogDB, run: str | None) -> str:
     """The events of the log, with dead processes' journals moved in and live ones' added
     (hold the lease): a relation to read from."""
     wrote, pending = journal.gather(con, db.path, run)
@@ -102,20 +107,20 @@ def _attempts(events: str) -> str:
 
 # -- history, runs, log ---------------------------------------------------------------------------
 
-def history(con, events: str, run: str | None):
+def history(con: Connection, events: str, run: str | None) -> Any:  # a DataFrame
     """The attempts of ``run`` (every run when None), as a DataFrame."""
     where, params = ("", []) if run is None else ("WHERE run = ?", [run])
     return con.execute(HISTORY_SQL.format(attempts=_attempts(events), where=where), params).df()
 
 
-def run_rows(con, events: str) -> list[RunRow]:
+def run_rows(con: Connection, events: str) -> list[RunRow]:
     """Every run, most recent activity first."""
     rows = con.execute(RUNS_SQL.format(runs=schema.RUNS_SELECT.format(events=events),
                                        attempts=_attempts(events))).fetchall()
     return [RunRow(*row) for row in rows]
 
 
-def attempt_lines(con, events: str, run: str) -> list[AttemptLine]:
+def attempt_lines(con: Connection, events: str, run: str) -> list[AttemptLine]:
     rows = con.execute(
         f"SELECT step, attempt, status, started_at, duration_s, error, error_message"
         f" FROM ({_attempts(events)}) WHERE run = ? ORDER BY started_at, attempt",
@@ -123,14 +128,14 @@ def attempt_lines(con, events: str, run: str) -> list[AttemptLine]:
     return [AttemptLine(*row) for row in rows]
 
 
-def replays(con, run: str) -> dict[str, tuple[int, datetime]]:
+def replays(con: Connection, run: str) -> dict[str, tuple[int, datetime]]:
     """step -> (how many times it was replayed, when last)."""
     rows = con.execute("SELECT step, count(*), max(ts) FROM events WHERE run = ? AND kind = ?"
                        " GROUP BY step", [run, schema.Kind.REPLAYED]).fetchall()
     return {step: (n, ts) for step, n, ts in rows}
 
 
-def wait_rows(con, run: str) -> list[WaitRow]:
+def wait_rows(con: Connection, run: str) -> list[WaitRow]:
     rows = con.execute("SELECT step, attempt, kind, body FROM events WHERE run = ? AND"
                        " kind IN (?, ?) ORDER BY rowid",
                        [run, schema.Kind.WAIT_STARTED, schema.Kind.WAIT_COMPLETED]).fetchall()
@@ -139,7 +144,7 @@ def wait_rows(con, run: str) -> list[WaitRow]:
 
 # -- sql() ----------------------------------------------------------------------------------------
 
-def read_only(con, query: str):
+def read_only(con: Connection, query: str) -> Any:  # a DataFrame
     """Run one SELECT / EXPLAIN / SUMMARIZE statement inside a transaction that is rolled back,
     as a DataFrame; :class:`UsageError` for anything else or a query that fails."""
     import duckdb
@@ -163,7 +168,7 @@ def read_only(con, query: str):
 
 # -- reset, trust, gc -----------------------------------------------------------------------------
 
-def step_order(con, events: str, run: str) -> list[tuple[str, int]]:
+def step_order(con: Connection, events: str, run: str) -> list[tuple[str, int]]:
     """(step, its latest attempt) for each step of ``run``, in the order they first ran."""
     rows = con.execute(
         f"SELECT step, max(attempt) FROM {events} WHERE run = ? AND kind = ? GROUP BY step"
@@ -171,14 +176,14 @@ def step_order(con, events: str, run: str) -> list[tuple[str, int]]:
     return [(step, last) for step, last in rows]
 
 
-def once_keys(con, run: str, steps: set[str]) -> list[str]:
+def once_keys(con: Connection, run: str, steps: set[str]) -> list[str]:
     """The ``once`` keys that the steps ``steps`` of ``run`` started."""
     rows = con.execute("SELECT DISTINCT step, body FROM events WHERE run = ? AND kind = ?",
                        [run, schema.Kind.ONCE_STARTED]).fetchall()
     return sorted({json.loads(body)["key"] for step, body in rows if step in steps})
 
 
-def value_rows(con, kinds: tuple[str, ...], run: str | None = None) -> list[ValueRow]:
+def value_rows(con: Connection, kinds: tuple[str, ...], run: str | None = None) -> list[ValueRow]:
     """The rows of ``kinds`` (of ``run``, or every run) in log order."""
     marks = ", ".join("?" * len(kinds))
     where = f"kind IN ({marks})" + (" AND run = ?" if run else "")

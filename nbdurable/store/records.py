@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbdurable import processes
 from nbdurable.processes import HOST, ProcessId
 from nbdurable.store import schema
 
-Statement = tuple[str, list]
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
+
+Statement = tuple[str, list[Any]]
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class _Payloads:
         self.parts: list[bytes] = []
         self.size = 0
 
-    def add(self, ref: StoredRef | None) -> list | None:
+    def add(self, ref: StoredRef | None) -> list[Any] | None:
         if ref is None:
             return None
         if ref.data is None:
@@ -66,7 +69,7 @@ class _Payloads:
         return b"".join(self.parts) if self.parts else None
 
 
-def stored_ref(spec: list | None, data: bytes | None) -> StoredRef | None:
+def stored_ref(spec: list[Any] | None, data: bytes | None) -> StoredRef | None:
     """A payload reference of a body (``[hash, size, offset, mac]``) with its inline bytes."""
     if spec is None:
         return None
@@ -79,7 +82,7 @@ def stored_ref(spec: list | None, data: bytes | None) -> StoredRef | None:
 
 # -- runs ---------------------------------------------------------------------------------------
 
-def run_created(run: str, notebook: str | None) -> list:
+def run_created(run: str, notebook: str | None) -> list[Any]:
     """A run_created event row: a session of this process started using the run."""
     body = _dumps({"notebook": notebook, "pid": os.getpid(), "host": HOST})
     return [run, None, None, schema.Kind.RUN_CREATED, now(), body, None]
@@ -117,7 +120,7 @@ class Attempt:
     forced: bool = False  # --force or a reset: earlier calls and waits are not reused
 
 
-def _process() -> dict:
+def _process() -> dict[str, Any]:
     """Who writes an attempt or a ``once``: pid, host and start time (so that a reused PID
     does not pass for the process that died)."""
     me = processes.me()
@@ -132,13 +135,13 @@ def attempt_started(attempt: Attempt, *, source: str, forced: bool,
                      attempt.started_at, _dumps(body), None]
 
 
-def combine_rows(rows: list[list]) -> Statement:
+def combine_rows(rows: list[list[Any]]) -> Statement:
     """Several event rows as one INSERT (one commit, all or nothing)."""
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
     return f"INSERT INTO events VALUES {values}", [p for row in rows for p in row]
 
 
-def attempt_finished(attempt: Attempt, *, error: dict | None) -> Statement:
+def attempt_finished(attempt: Attempt, *, error: dict[str, Any] | None) -> Statement:
     """The outcome, with the variables the attempt produced: one row, so atomic."""
     payloads = _Payloads()
     variables = [[v.name, v.kind, v.detail, payloads.add(v.ref)]
@@ -150,7 +153,7 @@ def attempt_finished(attempt: Attempt, *, error: dict | None) -> Statement:
                      attempt.finished_at, _dumps(body), payloads.data()]
 
 
-def run_attempts(con, run: str, pending: Sequence[list] = ()) -> list[Attempt]:
+def run_attempts(con: Connection, run: str, pending: Sequence[list[Any]] = ()) -> list[Attempt]:
     """Every attempt of a run in order, completed ones with their variables and outputs, from
     the log plus ``pending`` event rows (journals) that may not be in it yet."""
     rows = con.execute(
@@ -161,13 +164,13 @@ def run_attempts(con, run: str, pending: Sequence[list] = ()) -> list[Attempt]:
     return assemble(run, rows)
 
 
-def run_resets(con, run: str) -> dict[str, int]:
+def run_resets(con: Connection, run: str) -> dict[str, int]:
     """step -> the highest attempt number a ``nbdurable reset`` voided."""
     return dict(con.execute("SELECT step, max(attempt) FROM events WHERE run = ? AND kind = ?"
                             " GROUP BY step", [run, schema.Kind.STEP_RESET]).fetchall())
 
 
-def stored_refs(body: dict, data: bytes | None) -> list[StoredRef]:
+def stored_refs(body: dict[str, Any], data: bytes | None) -> list[StoredRef]:
     """Every stored value an event's body refers to (variables, outputs, a call's or once's
     result)."""
     specs = [v[3] for v in body.get("variables") or [] if isinstance(v, list) and len(v) > 3]
@@ -182,12 +185,12 @@ def value_trusted(run: str, digest: str, mac: str) -> Statement:
                      _dumps({"hash": digest, "mac": mac, "pid": os.getpid()}), None]
 
 
-def step_reset(run: str, step: str, attempt: int) -> list:
+def step_reset(run: str, step: str, attempt: int) -> list[Any]:
     """An event row voiding the checkpoints of ``step`` up to ``attempt``."""
     return [run, step, attempt, schema.Kind.STEP_RESET, now(), _dumps({"pid": os.getpid()}), None]
 
 
-def assemble(run: str, rows) -> list[Attempt]:
+def assemble(run: str, rows: Iterable[Sequence[Any]]) -> list[Attempt]:
     """Attempts from (step, attempt, kind, ts, body, data) event rows (duplicates ignored)."""
     attempts: dict[tuple[str, int], Attempt] = {}
     seen: set[tuple[str, int, str]] = set()
@@ -205,7 +208,7 @@ def assemble(run: str, rows) -> list[Attempt]:
     return list(attempts.values())
 
 
-def _finish(attempt: Attempt, at: datetime, body: dict, data: bytes | None) -> None:
+def _finish(attempt: Attempt, at: datetime, body: dict[str, Any], data: bytes | None) -> None:
     attempt.status, attempt.finished_at = body["status"], at
     attempt.duration_s, attempt.unstorable = body["duration_s"], body["unstorable"]
     if attempt.status == schema.Status.COMPLETED:
@@ -222,7 +225,7 @@ def replayed(run: str, step: str, attempt: int) -> Statement:
 
 # -- @step calls --------------------------------------------------------------------------------
 
-def calls_of(con, run: str, step: str,
+def calls_of(con: Connection, run: str, step: str,
              since: int = 1) -> dict[str, tuple[str, StoredRef | None]]:
     """call key -> (fingerprint, result) of the latest completed call, for one step, made by
     attempts numbered ``since`` or later."""
@@ -263,7 +266,7 @@ class OnceState:
         return ProcessId(self.pid, self.host or "", self.started) if self.pid else None
 
 
-def once_state(con, run: str, key: str) -> OnceState | None:
+def once_state(con: Connection, run: str, key: str) -> OnceState | None:
     row = con.execute(
         "SELECT kind, ts, body, data FROM events WHERE run = ? AND kind IN (?, ?, ?)"
         " AND body ->> 'key' = ? ORDER BY rowid DESC LIMIT 1",
@@ -278,7 +281,7 @@ def once_state(con, run: str, key: str) -> OnceState | None:
 
 
 def once_event(kind: str, run: str, key: str, *, step: str | None = None, status: str = "",
-               result: StoredRef | None = None, error: dict | None = None) -> Statement:
+               result: StoredRef | None = None, error: dict[str, Any] | None = None) -> Statement:
     payloads = _Payloads()
     body = {"key": key, "status": status, "result": payloads.add(result), "error": error,
             **_process()}

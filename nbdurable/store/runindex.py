@@ -24,17 +24,23 @@ import pickle
 import threading
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from nbdurable.store import files, journal, records, schema, signing
 from nbdurable.store.sidecars import Sidecars
 
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
+
+    from nbdurable.store.logdb import LogDB
+
 _FORMAT = 2
 
 
 class RunIndex:
-    def __init__(self, log, run: str):
+    def __init__(self, log: LogDB, run: str):
         self.log, self.run = log, run
         self.generation: int | None = None
         self._last: dict[str, records.Attempt] = {}
@@ -42,7 +48,7 @@ class RunIndex:
         self._reset: dict[str, int] = {}  # step -> highest attempt voided by `nbdurable reset`
         self._since: dict[str, int] = {}  # step -> first attempt whose calls and waits count
         self._dirty = False
-        self._saved_file: tuple | None = None
+        self._saved_file: tuple[Any, ...] | None = None
         self._lock = threading.RLock()  # the release callback runs in the log's linger thread
         log.before_release(self._save)
 
@@ -57,7 +63,7 @@ class RunIndex:
         with self.log.lease() as con:
             self.ensure_locked(con)
 
-    def ensure_locked(self, con) -> None:
+    def ensure_locked(self, con: Connection) -> None:
         """Same, holding the lease (so that a write can follow on a true index)."""
         generation = self.log.generation()
         if generation >= 0 and generation == self.generation:
@@ -177,7 +183,7 @@ class RunIndex:
         return True
 
 
-def _read_snapshot(path: Path) -> dict | None:
+def _read_snapshot(path: Path) -> dict[str, Any] | None:
     """A snapshot's state if its signature checks and it unpickles to the expected shape;
     None on any doubt (it is only a cache). Nothing unsigned is ever unpickled."""
     try:
@@ -198,7 +204,7 @@ def _read_snapshot(path: Path) -> dict | None:
     return state if ok else None
 
 
-def _file_state(path: Path) -> tuple | None:
+def _file_state(path: Path) -> tuple[Any, ...] | None:
     """Identity of the log file as last written: any write outside nbdurable changes it."""
     try:
         st = os.stat(path)

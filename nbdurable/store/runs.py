@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nbdurable.errors import UnknownRunError
 from nbdurable.store import journal
 
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
 
-def require_run(con, db, run: str) -> None:
+    from nbdurable.store.logdb import LogDB
+
+
+def require_run(con: Connection, db: LogDB, run: str) -> None:
     """Raise UnknownRunError naming the runs there are, unless ``run`` is in the log."""
     if con.execute("SELECT 1 FROM events WHERE run = ? LIMIT 1", [run]).fetchone():
         return

@@ -20,10 +20,15 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from nbdurable import processes
 from nbdurable.processes import ProcessId
 from nbdurable.store import claims, records, schema
 from nbdurable.store.claims import Claim
+
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
 
 RUNNING, COMPLETED, FAILED, CRASHED = (schema.Status.RUNNING, schema.Status.COMPLETED,
                                        schema.Status.FAILED, schema.Status.CRASHED)
@@ -31,11 +36,11 @@ RUNNING, COMPLETED, FAILED, CRASHED = (schema.Status.RUNNING, schema.Status.COMP
 
 # -- the events a driver writes -----------------------------------------------------------------
 
-def run_started(claim: Claim, *, notebook: str, output: str | None, parameters: dict,
+def run_started(claim: Claim, *, notebook: str, output: str | None, parameters: dict[str, Any],
                 max_restarts: int) -> records.Statement:
     body = {"invocation": claim.invocation, "notebook": notebook, "output": output,
             "parameters": parameters, "max_restarts": max_restarts, "pid": os.getpid(),
-            "host": records.HOST, "command": " ".join(sys.argv)}
+            "host": processes.HOST, "command": " ".join(sys.argv)}
     return _row(claim.run, schema.Kind.RUN_STARTED, body)
 
 
@@ -44,14 +49,14 @@ def kernel_died(claim: Claim, *, cell: int | None, restart: int) -> records.Stat
                                                  "restart": restart})
 
 
-def run_finished(claim: Claim, *, status: str, error: dict | None,
+def run_finished(claim: Claim, *, status: str, error: dict[str, Any] | None,
                  restarts: int) -> records.Statement:
     return _row(claim.run, schema.Kind.RUN_FINISHED, {"invocation": claim.invocation,
                                                   "status": status, "error": error,
                                                   "restarts": restarts})
 
 
-def _row(run: str, kind: str, body: dict) -> records.Statement:
+def _row(run: str, kind: str, body: dict[str, Any]) -> records.Statement:
     return ("INSERT INTO events VALUES (?, NULL, NULL, ?, ?, ?, NULL)",
             [run, kind, records.now(), json.dumps(body, default=str)])
 
@@ -62,13 +67,13 @@ def _row(run: str, kind: str, body: dict) -> records.Statement:
 class Invocation:
     """The latest driven invocation of a run, as the log tells it."""
 
-    parameters: dict
+    parameters: dict[str, Any]
     notebook: str | None
     started_at: object
-    finished: dict | None  # the run_finished body, if any
+    finished: dict[str, Any] | None  # the run_finished body, if any
 
 
-def invocations(con, events: str = "events") -> dict[str, Invocation]:
+def invocations(con: Connection, events: str = "events") -> dict[str, Invocation]:
     """run -> its latest invocation, for runs that have one."""
     rows = con.execute(
         f"SELECT s.run, s.ts, s.body, f.body FROM {events} s LEFT JOIN {events} f"
@@ -84,7 +89,7 @@ def invocations(con, events: str = "events") -> dict[str, Invocation]:
 
 def driven_status(log_path: Path, run: str, invocation: Invocation) -> str:
     if invocation.finished is not None:
-        return invocation.finished["status"]
+        return str(invocation.finished["status"])
     return RUNNING if claims.holder(log_path, run) else CRASHED
 
 

@@ -40,7 +40,7 @@ SECRET_ENV, SECRET_FILE_ENV = "NBDURABLE_SECRET", "NBDURABLE_SECRET_FILE"
 FILE_NAME = "nbdurable_secret"
 MIN_LENGTH = 16
 
-_cache: dict[tuple, bytes] = {}
+_cache: dict[tuple[Any, ...], bytes] = {}
 _cache_lock = threading.Lock()
 
 
@@ -137,7 +137,7 @@ class Signer:
 
     def __init__(self) -> None:
         self._mac = hmac.new(key(), digestmod=hashlib.sha256)
-        self._pieces: list = []
+        self._pieces: list[Any] = []
         self._cond = threading.Condition()
         self._done = False
         self._thread = threading.Thread(target=self._run, name="nbdurable-sign", daemon=True)

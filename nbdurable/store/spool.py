@@ -31,12 +31,16 @@ import time
 import uuid
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from nbdurable.store import files, journal, schema
 from nbdurable.store.journal import Row
 from nbdurable.store.sidecars import Sidecars
+
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
 
 SUFFIX = ".push"
 # one statement for a whole drain; an id already there (a crash between a drain's commit and
@@ -120,7 +124,7 @@ def pending(log_path: Path) -> list[Path]:
     return [folder(log_path) / name for name in names]
 
 
-def drain(con, log_path: Path, paths: list[Path]) -> list[Path]:
+def drain(con: Connection, log_path: Path, paths: list[Path]) -> list[Path]:
     """Inside a transaction: insert the pushes of ``paths`` in their order, in one statement,
     skipping ids already in the log. Returns the files to delete once the transaction
     committed; damaged ones are set aside at once."""
