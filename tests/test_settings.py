@@ -45,3 +45,13 @@ def test_bad_values_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="NBDURABLE_RUN"):
         settings.run_id({})
     assert settings.run_id.__doc__
+
+
+def test_a_log_argument_that_is_neither_a_path_nor_a_log_is_refused(tmp_path, monkeypatch):
+    import nbdurable
+    from nbdurable.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="log must be a path or an open log, got int"):
+        nbdurable.history("r", log=42)
+    assert list(tmp_path.iterdir()) == []  # nothing created
