@@ -20,9 +20,9 @@ _LAZY = {
     "once": "nbdurable.engine.steps",
     "once_reset": "nbdurable.engine.steps",
     "once_resolve": "nbdurable.engine.steps",
-    "history": "nbdurable.engine.reports",
-    "runs": "nbdurable.engine.reports",
-    "log": "nbdurable.engine.reports",
+    "history": "nbdurable.engine.history",
+    "runs": "nbdurable.engine.history",
+    "log": "nbdurable.engine.history",
     "reset": "nbdurable.engine.resets",
     "run": "nbdurable.batch.runner",
     "RunResult": "nbdurable.batch.runner",
@@ -43,7 +43,7 @@ _LAZY = {
     "push_event": "nbdurable.engine.events",
     "list_events": "nbdurable.engine.events",
     "trust": "nbdurable.engine.trusts",
-    "sql": "nbdurable.engine.reports",
+    "sql": "nbdurable.engine.history",
     "gc": "nbdurable.engine.cleanup",
     "event_button": "nbdurable.ipython.panel",
 }
@@ -84,7 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from nbdurable.batch.runner import RunResult, run
     from nbdurable.engine.cleanup import gc
     from nbdurable.engine.events import list_events, push_event
-    from nbdurable.engine.reports import history, log, runs, sql
+    from nbdurable.engine.history import history, log, runs, sql
     from nbdurable.engine.resets import reset
     from nbdurable.engine.steps import once, once_reset, once_resolve, step
     from nbdurable.engine.trusts import trust

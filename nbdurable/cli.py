@@ -179,14 +179,14 @@ def _run(args) -> int:
 
 
 def _runs(args) -> int:
-    from nbdurable.engine.reports import runs
+    from nbdurable.engine.history import runs
 
     _print_frame(runs(log=_existing_log(args.log)), args.json, "no runs in the log")
     return 0
 
 
 def _log(args) -> int:
-    from nbdurable.engine.reports import log
+    from nbdurable.engine.history import log
 
     found = log(args.run, log=_existing_log(args.log))
     if args.json:
@@ -241,7 +241,7 @@ def _demo(args) -> int:
 
 
 def _sql(args) -> int:
-    from nbdurable.engine.reports import sql
+    from nbdurable.engine.history import sql
 
     _print_frame(sql(args.query, log=_existing_log(args.log)), args.json, "(no rows)")
     return 0

@@ -34,7 +34,7 @@ from nbclient.exceptions import DeadKernelError
 from nbdurable.batch import runner as batch
 from nbdurable.errors import NbdurableError
 from nbdurable.kernels import local_kernel_config
-from nbdurable.store import claims, runstate
+from nbdurable.store import claims, invocations
 
 DEAD_KERNEL = "DeadKernelError"
 
@@ -133,22 +133,22 @@ class _Invocation:
 
     def run(self) -> None:
         nb = self.nb_man.nb
-        self.job.record(runstate.run_started(self.claim, notebook=self.job.notebook,
+        self.job.record(invocations.run_started(self.claim, notebook=self.job.notebook,
                                              output=self.job.output,
                                              parameters=self.job.parameters,
                                              max_restarts=self.job.max_restarts))
-        status: str = runstate.FAILED
+        status: str = invocations.FAILED
         error: dict | None = {"ename": "Interrupted", "evalue": "the run stopped"}
         try:
             status, error = self._kernels()
         except Exception as exc:  # a kernel that cannot start, a timeout...
-            status, error = runstate.FAILED, {"ename": type(exc).__name__, "evalue": str(exc)}
+            status, error = invocations.FAILED, {"ename": type(exc).__name__, "evalue": str(exc)}
             raise
         finally:
             nb.metadata["nbdurable"] = {"run": self.job.run, "log": str(self.job.log_path),
                                         "status": status, "restarts": self.restarts,
                                         "error": error}
-            self.job.record(runstate.run_finished(self.claim, status=status, error=error,
+            self.job.record(invocations.run_finished(self.claim, status=status, error=error,
                                                   restarts=self.restarts))
 
     def _kernels(self) -> tuple[str, dict | None]:
@@ -159,7 +159,7 @@ class _Invocation:
                 client.execute(env={**os.environ, **self.job.kernel_env()})  # to start_kernel
             except DeadKernelError:
                 cell = client.dead_cell
-                self.job.record(runstate.kernel_died(self.claim, cell=cell,
+                self.job.record(invocations.kernel_died(self.claim, cell=cell,
                                                      restart=self.restarts))
                 if self.restarts < self.job.max_restarts:
                     self.restarts += 1
@@ -167,7 +167,7 @@ class _Invocation:
                                    f"(restart {self.restarts} of {self.job.max_restarts})")
                     _clear(self.nb_man)
                     continue
-                return runstate.CRASHED, self._mark_dead(cell)
+                return invocations.CRASHED, self._mark_dead(cell)
             return _outcome(self.nb_man.nb)
 
     def _mark_dead(self, index: int | None) -> dict:
@@ -214,15 +214,15 @@ def _outcome(nb) -> tuple[str, dict | None]:
         outputs = cell.get("outputs", [])
         errors = [o for o in outputs if o.get("output_type") == "error"]
         if any(o.get("ename") == "SystemExit" and o.get("evalue") in ("", "0") for o in errors):
-            return runstate.COMPLETED, None  # sys.exit(0): the notebook ended on purpose
+            return invocations.COMPLETED, None  # sys.exit(0): the notebook ended on purpose
         if errors:
-            return runstate.FAILED, {"cell": index, "ename": errors[0].get("ename"),
+            return invocations.FAILED, {"cell": index, "ename": errors[0].get("ename"),
                                      "evalue": errors[0].get("evalue")}
         if cell.get("metadata", {}).get("papermill", {}).get("exception") is True:
             stderr = [o.get("text", "") for o in outputs if o.get("name") == "stderr"]
             text = (stderr[-1].strip() if stderr else "") or "the cell failed"
             last = text.splitlines()[-1]
             ename, _, evalue = last.partition(": ") if ": " in last else ("Error", "", last)
-            return runstate.FAILED, {"cell": index, "ename": ename.split()[-1],
+            return invocations.FAILED, {"cell": index, "ename": ename.split()[-1],
                                      "evalue": evalue}
-    return runstate.COMPLETED, None
+    return invocations.COMPLETED, None

@@ -21,7 +21,7 @@ import xxhash
 from nbdurable import settings
 from nbdurable.engine.header import step_of
 from nbdurable.errors import UsageError
-from nbdurable.store import claims, runstate
+from nbdurable.store import claims, invocations
 from nbdurable.store.sidecars import Sidecars
 
 ENGINE = "nbdurable"
@@ -119,12 +119,12 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        codes: dict[str, int] = {runstate.COMPLETED: 0, runstate.CRASHED: EXIT_CRASHED}
+        codes: dict[str, int] = {invocations.COMPLETED: 0, invocations.CRASHED: EXIT_CRASHED}
         return codes.get(self.status, EXIT_FAILED)
 
     def message(self) -> str:
         """One line saying how it ended and what to do."""
-        if self.status == runstate.COMPLETED:
+        if self.status == invocations.COMPLETED:
             restarted = f", after {self.restarts} kernel restart(s)" if self.restarts else ""
             return (f"run {self.run!r} completed: {len(self.replayed)} durable cell(s) replayed,"
                     f" {len(self.executed)} executed{restarted}; output {self.output}")
@@ -132,7 +132,7 @@ class RunResult:
         position = error.get("position")  # 1-based, in the notebook as its author sees it
         where = (f"cell {position}" if isinstance(position, int) else "a cell") + (
             f" ({error['step']})" if error.get("step") else "")
-        if self.status == runstate.CRASHED:
+        if self.status == invocations.CRASHED:
             return (f"the kernel died in {where} of run {self.run!r}; run the same command again"
                     f" to resume it (completed durable cells replay), or pass --max-restarts N;"
                     f" output {self.output}")
@@ -319,7 +319,7 @@ def _result(job: Job, target: Path) -> RunResult:
 
     nb = nbformat.read(target, as_version=4)
     meta = nb.metadata.get("nbdurable", {})
-    result = RunResult(job.run, meta.get("status", runstate.FAILED), str(target),
+    result = RunResult(job.run, meta.get("status", invocations.FAILED), str(target),
                        str(job.log_path), meta.get("restarts", 0), error=meta.get("error"))
     for cell in nb.cells:
         step = durable_step(cell)

@@ -27,9 +27,9 @@ from nbdurable.engine import analysis, context, serializer, values
 from nbdurable.engine.fingerprint import Tracker, fingerprint, module_fingerprint
 from nbdurable.errors import CheckpointError, LogHeldWarning, UnstorableValueWarning, first_line
 from nbdurable.store import records
+from nbdurable.store.attempt_index import RunIndex
 from nbdurable.store.journal import Journal
 from nbdurable.store.logdb import LogDB, open_log
-from nbdurable.store.runindex import RunIndex
 from nbdurable.store.schema import Status
 
 

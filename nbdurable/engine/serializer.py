@@ -290,13 +290,15 @@ def split_bytes(data: bytes | memoryview) -> Parts:
 #: function) name the old module, and must load unchanged.
 MOVED_MODULES = {
     **{f"nbdurable.{m}": f"nbdurable.store.{m}" for m in (
-        "logdb", "journal", "blobs", "runindex", "spool", "schema", "files", "records",
-        "runstate", "claims", "signing")},
+        "logdb", "journal", "blobs", "spool", "schema", "files", "records", "claims", "signing")},
     **{f"nbdurable.{m}": f"nbdurable.engine.{m}" for m in (
         "analysis", "fingerprint", "serializer", "steps", "waits", "events", "context",
-        "reports", "resets", "cleanup", "trusts")},
+        "resets", "cleanup", "trusts")},
     "nbdurable.engine": "nbdurable.engine.cells",
     "nbdurable.objects": "nbdurable.engine.values",
+    "nbdurable.reports": "nbdurable.engine.history",
+    "nbdurable.runstate": "nbdurable.store.invocations",
+    "nbdurable.runindex": "nbdurable.store.attempt_index",
     "nbdurable.batch": "nbdurable.batch.runner",
     "nbdurable.papermill_engine": "nbdurable.batch.papermill_engine",
 }

@@ -13,7 +13,7 @@ from nbdurable.engine.events import list_events
 from nbdurable.engine.waits import describe_outcome, describe_spec
 from nbdurable.errors import UsageError
 from nbdurable.processes import ProcessId
-from nbdurable.store import queries, records, runstate, schema
+from nbdurable.store import invocations, queries, records, schema
 from nbdurable.store.runs import require_run
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,7 +63,7 @@ def runs(*, log: LogArg = None) -> Any:  # a DataFrame
 
 def _run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:
     """The rows of :func:`runs`, from an events relation (holding the lease)."""
-    driven = runstate.invocations(con, events)
+    driven = invocations.invocations(con, events)
     table = []
     for row in queries.run_rows(con, events):
         invocation = driven.get(row.run)
@@ -78,13 +78,13 @@ def _run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:
     return table
 
 
-def _status(db: LogDB, run: str, invocation: runstate.Invocation | None,
+def _status(db: LogDB, run: str, invocation: invocations.Invocation | None,
             latest: list[list[str | None]] | None) -> str:
     """From the latest batch invocation if there is one, else from each step's latest attempt
     (``latest``: [status, pid, host, process start time] per step)."""
     if invocation is not None:
-        return runstate.driven_status(db.path, run, invocation)
-    return runstate.undriven_status([(status or "", _process(pid, host, started))
+        return invocations.driven_status(db.path, run, invocation)
+    return invocations.undriven_status([(status or "", _process(pid, host, started))
                                      for status, pid, host, started in latest or []])
 
 
