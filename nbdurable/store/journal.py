@@ -41,11 +41,11 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
@@ -58,7 +58,17 @@ from nbdurable.store.sidecars import Sidecars
 if TYPE_CHECKING:  # pragma: no cover
     from duckdb import DuckDBPyConnection as Connection
 
-    from nbdurable.store.logdb import LogDB
+
+class _Log(Protocol):
+    """What a journal needs of its log (a :class:`~nbdurable.store.logdb.LogDB`)."""
+
+    path: Path
+
+    def transaction(self, *, announce: bool = True,
+                    urgent: bool = False) -> AbstractContextManager[Connection]: ...
+
+    def execute(self, sql: str, params: list[Any] | None = None, *,
+                announce: bool = True) -> list[tuple[Any, ...]]: ...
 
 #: An event row as in the ``events`` table: run, step, attempt, kind, ts, body, data.
 Row = list[Any]
@@ -148,7 +158,7 @@ def read(path: Path) -> Contents:
 class Journal:
     """This process's journal for one log, and the thread that moves it into the log."""
 
-    def __init__(self, log: LogDB):
+    def __init__(self, log: _Log):
         self.log = log
         self.dir = Sidecars.of(log.path).journal
         self.pid = os.getpid()
