@@ -7,7 +7,9 @@
 - adapters (``ipython/``, ``batch/``, ``cli``, ``demo``) do not import each other's modules
   (the CLI calls the public API, ``nbdurable.X``); only ``ipython/`` imports IPython, ipykernel
   or ipywidgets;
-- no import cycle (imports inside functions included; those only for type checkers are not run).
+- no import cycle (imports inside functions included; those only for type checkers are not run);
+- process-wide state (module-level mutable objects, names rebound with ``global``) is the
+  documented list below (docs/architecture.md, "Process-wide state"): adding some is a decision.
 """
 
 from __future__ import annotations
@@ -137,3 +139,60 @@ def test_no_import_cycle():
     for m in sorted(graph):
         if m not in seen:
             visit(m, [])
+
+
+#: Module-level names bound to mutable objects or rebound with ``global`` (constants included:
+#: a dict or a Struct is mutable to this check). Process-wide *state* among them is documented in
+#: docs/architecture.md; update both when adding one.
+PROCESS_WIDE = {
+    "nbdurable": {"_LAZY"},
+    "nbdurable.batch.papermill_engine": {"_ENGINE"},
+    "nbdurable.engine.cells": {"_PREVIOUS"},
+    "nbdurable.engine.context": {"_current", "_process_current"},
+    "nbdurable.engine.history": {"RUNS_COLUMNS"},
+    "nbdurable.engine.serializer": {"MOVED_MODULES", "_HEADER", "_LEN", "_MAIN_REF", "_class_ids",
+                                    "_load_namespace"},
+    "nbdurable.engine.steps": {"F"},
+    "nbdurable.engine.waits": {"_floors", "_ui"},
+    "nbdurable.ipython": {"__all__"},
+    "nbdurable.ipython.extension": {"_runtimes"},
+    "nbdurable.ipython.panel": {"_watched", "_watched_lock", "registry"},
+    "nbdurable.ipython.pump": {"__all__", "_dispatch_state"},
+    "nbdurable.processes": {"_me"},
+    "nbdurable.settings": {"_configured", "_log_paths"},
+    "nbdurable.store.claims": {"_guarded"},
+    "nbdurable.store.journal": {"_warned"},
+    "nbdurable.store.logdb": {"_BY_ARGUMENT", "_FORK_LOCK", "_LEAKED", "_LIVE", "_REGISTRY",
+                              "_REGISTRY_LOCK", "__all__"},
+    "nbdurable.store.signing": {"_cache", "_cache_lock"},
+    "nbdurable.store.spool": {"_last_stamp"},
+}
+_MUTABLE_CALLS = {"dict", "list", "set", "local", "WeakKeyDictionary", "WeakSet", "defaultdict",
+                  "OrderedDict"}
+
+
+def _process_wide(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = {name for node in ast.walk(tree) if isinstance(node, ast.Global)
+             for name in node.names}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if isinstance(value, ast.Call):
+            func = value.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            mutable = called in _MUTABLE_CALLS or called.lstrip("_")[:1].isupper()
+        else:
+            mutable = isinstance(value, (ast.Dict, ast.List, ast.Set))
+        found |= {t.id for t in targets if mutable and isinstance(t, ast.Name)}
+    return found
+
+
+def test_process_wide_state_is_the_documented_list():
+    found = {module: names for module, path in modules().items()
+             if (names := _process_wide(path))}
+    assert found == PROCESS_WIDE
