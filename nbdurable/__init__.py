@@ -10,7 +10,7 @@ The names below are imported lazily so that ``import nbdurable`` (and ``%load_ex
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -51,7 +51,7 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension", "__version__"])
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'nbdurable' has no attribute {name!r}")
@@ -61,18 +61,18 @@ def __getattr__(name: str):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return __all__
 
 
-def load_ipython_extension(ipython) -> None:
+def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbdurable``: register the magics; loading twice is harmless."""
     from nbdurable.ipython import load
 
     load(ipython)
 
 
-def unload_ipython_extension(ipython) -> None:
+def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext nbdurable``: remove everything ``load_ipython_extension`` registered."""
     from nbdurable.ipython import unload
 

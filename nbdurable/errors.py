@@ -8,7 +8,7 @@ not bugs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from nbdurable.processes import ProcessId
@@ -112,7 +112,8 @@ class WaitMismatchError(StepError):
     conditions as the log stores them (``{"mode": "any", "conditions": [...]}``)."""
 
     def __init__(self, message: str, *, step: str | None = None, wait: str | None = None,
-                 recorded: dict | None = None, reached: dict | None = None):
+                 recorded: dict[str, Any] | None = None,
+                 reached: dict[str, Any] | None = None):
         super().__init__(message)
         self.step, self.wait = step, wait
         self.recorded, self.reached = recorded, reached

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
-def local_kernel_config(directory: str | None = None):
+def local_kernel_config(directory: str | None = None) -> Any:  # a traitlets Config
     """Kernels on local unix sockets in ``directory`` (default: a new temporary one) instead of
     open TCP ports, so no other user of the machine can connect."""
     import tempfile

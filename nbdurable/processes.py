@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 HOST = socket.gethostname() or "localhost"
 #: The host name as a token of file names and lock files (no "-", no white space).
@@ -32,13 +33,14 @@ def start_time(pid: int) -> int | None:
 def me() -> ProcessId:
     """This process (computed once per process: a forked child gets its own)."""
     pid = os.getpid()
-    if _me.get("pid") != pid:
+    found = _me.get(pid)
+    if found is None:
         _me.clear()
-        _me.update(pid=pid, id=ProcessId.current())
-    return _me["id"]
+        found = _me[pid] = ProcessId.current()
+    return found
 
 
-_me: dict = {}
+_me: dict[int, ProcessId] = {}  # pid -> identity: a forked child finds none of its parent's
 
 
 def program() -> str:
@@ -80,7 +82,7 @@ class ProcessId:
                    started if isinstance(started, int) else None,
                    str(data.get("program") or "")[:80])
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property

@@ -37,7 +37,7 @@ class Settings:
 _configured = Settings()
 
 
-def configure(*, log: str | os.PathLike | None = None, run: str | None = None) -> None:
+def configure(*, log: str | os.PathLike[str] | None = None, run: str | None = None) -> None:
     """Set the log file and/or the run id for this process (``None`` leaves a setting as is)."""
     if log is not None:
         _configured.log = str(_check_log_path(Path(log)))
@@ -104,7 +104,7 @@ def check_run_id(run: object, *, source: str = "the run id") -> str:
     return run
 
 
-def check_log_arg(log: str | os.PathLike) -> Path:
+def check_log_arg(log: str | os.PathLike[str]) -> Path:
     """A log path given as an argument (``log=``, ``--log``)."""
     return _check_log_path(Path(log))
 
