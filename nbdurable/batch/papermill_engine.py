@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from typing import Any
 
 import nbformat
 from nbclient.exceptions import DeadKernelError
@@ -39,7 +40,7 @@ from nbdurable.store import claims, invocations
 DEAD_KERNEL = "DeadKernelError"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "NbdurableEngine":
         return _engine_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -61,13 +62,15 @@ def _build_engine(NBClientEngine: type) -> type:  # noqa: N803 (a class)
     from papermill.log import logger
     from papermill.utils import merge_kwargs, remove_args
 
-    class NbdurableEngine(NBClientEngine):
+    class NbdurableEngine(NBClientEngine):  # type: ignore[misc]  # papermill has no types
         """A papermill engine that resumes runs from the nbdurable log."""
 
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False,
-                                     stdout_file=None, stderr_file=None, start_timeout=60,
-                                     execution_timeout=None, **kwargs):
+        def execute_managed_notebook(cls, nb_man: Any, kernel_name: str | None,
+                                     log_output: bool = False, stdout_file: Any = None,
+                                     stderr_file: Any = None, start_timeout: int = 60,
+                                     execution_timeout: float | None = None,
+                                     **kwargs: Any) -> Any:
             job = batch.Job.from_engine(nb_man.nb, kwargs)
             kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
             standalone = job.claim is None  # plain papermill: no `nbdurable run` to tell
@@ -92,14 +95,14 @@ def _client_class() -> type:
     from nbclient.util import run_sync
     from papermill.clientwrap import PapermillNotebookClient
 
-    class Client(PapermillNotebookClient):
+    class Client(PapermillNotebookClient):  # type: ignore[misc]
         """Papermill's client, making each kernel part of the run's claim before its first
         cell, and noting the cell in which the kernel died."""
 
         dead_cell: int | None = None
         guard_code: str = ""
 
-        async def async_start_new_kernel_client(self):
+        async def async_start_new_kernel_client(self) -> Any:
             kc = await super().async_start_new_kernel_client()
             reply = await self.async_wait_for_reply(
                 kc.execute(self.guard_code, silent=True, store_history=False))
@@ -113,7 +116,7 @@ def _client_class() -> type:
         # nbclient binds the sync form to its own coroutine, not to an override
         start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
-        def execute_cell(self, cell, cell_index, *args, **kwargs):
+        def execute_cell(self, cell: Any, cell_index: int, *args: Any, **kwargs: Any) -> Any:
             try:
                 return super().execute_cell(cell, cell_index, *args, **kwargs)
             except DeadKernelError:
@@ -126,7 +129,8 @@ def _client_class() -> type:
 class _Invocation:
     """One invocation of a run: kernels started until the notebook ends or restarts run out."""
 
-    def __init__(self, job: batch.Job, claim: claims.Claim, nb_man, client_kwargs: dict):
+    def __init__(self, job: batch.Job, claim: claims.Claim, nb_man: Any,
+                 client_kwargs: dict[str, Any]):
         self.job, self.claim, self.nb_man = job, claim, nb_man
         self.client_kwargs = client_kwargs
         self.restarts = 0
@@ -138,7 +142,7 @@ class _Invocation:
                                              parameters=self.job.parameters,
                                              max_restarts=self.job.max_restarts))
         status: str = invocations.FAILED
-        error: dict | None = {"ename": "Interrupted", "evalue": "the run stopped"}
+        error: dict[str, Any] | None = {"ename": "Interrupted", "evalue": "the run stopped"}
         try:
             status, error = self._kernels()
         except Exception as exc:  # a kernel that cannot start, a timeout...
@@ -151,7 +155,7 @@ class _Invocation:
             self.job.record(invocations.run_finished(self.claim, status=status, error=error,
                                                   restarts=self.restarts))
 
-    def _kernels(self) -> tuple[str, dict | None]:
+    def _kernels(self) -> tuple[str, dict[str, Any] | None]:
         while True:
             client = _client_class()(self.nb_man, **self.client_kwargs)
             client.guard_code = self.claim.kernel_guard_code()
@@ -170,7 +174,7 @@ class _Invocation:
                 return invocations.CRASHED, self._mark_dead(cell)
             return _outcome(self.nb_man.nb)
 
-    def _mark_dead(self, index: int | None) -> dict:
+    def _mark_dead(self, index: int | None) -> dict[str, Any]:
         error = {"ename": DEAD_KERNEL, "cell": index,
                  "evalue": f"the kernel died while this cell was running; run the same command "
                            f"again to resume run {self.job.run!r} (completed durable cells "
@@ -190,13 +194,13 @@ def _position(index: int | None) -> str:
     return "?" if index is None else str(index + 1)
 
 
-def _log():
+def _log() -> Any:  # papermill's logger
     from papermill.log import logger
 
     return logger
 
 
-def _clear(nb_man) -> None:
+def _clear(nb_man: Any) -> None:
     """Back to an unexecuted notebook before a fresh kernel runs it again."""
     for cell in nb_man.nb.cells:
         if cell.get("cell_type") == "code":
@@ -207,7 +211,7 @@ def _clear(nb_man) -> None:
     nb_man.save()
 
 
-def _outcome(nb) -> tuple[str, dict | None]:
+def _outcome(nb: Any) -> tuple[str, dict[str, Any] | None]:
     """Completed, or failed at the first cell with an error output or papermill's exception
     mark (an IPython UsageError, for instance, is only a stderr stream)."""
     for index, cell in enumerate(nb.cells):

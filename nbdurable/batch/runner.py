@@ -21,7 +21,7 @@ import xxhash
 from nbdurable import settings
 from nbdurable.engine.header import step_of
 from nbdurable.errors import UsageError
-from nbdurable.store import claims, invocations
+from nbdurable.store import claims, invocations, records
 from nbdurable.store.sidecars import Sidecars
 
 ENGINE = "nbdurable"
@@ -36,17 +36,17 @@ class Job:
     log_path: Path
     notebook: str
     output: str | None
-    parameters: dict
+    parameters: dict[str, Any]
     max_restarts: int = 0
     claim: claims.Claim | None = None
 
     @classmethod
-    def from_engine(cls, nb, kwargs: dict) -> Job:
+    def from_engine(cls, nb: Any, kwargs: dict[str, Any]) -> Job:
         """From the engine's keyword arguments (``nbdurable run``) or the environment (plain
         ``papermill --engine nbdurable``). Pops the ``nbdurable_*`` arguments."""
         given = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("nbdurable_")}
         job = given.get("nbdurable_job")
-        if job is not None:
+        if isinstance(job, Job):
             return job
         parameters = dict(nb.metadata.get("papermill", {}).get("parameters") or {})
         notebook = _engine_input(kwargs.get("input_path") or "notebook.ipynb")
@@ -79,7 +79,7 @@ class Job:
             finally:
                 self.claim = None
 
-    def record(self, statement) -> None:
+    def record(self, statement: records.Statement) -> None:
         from nbdurable.store.logdb import open_log
 
         log = open_log(self.log_path)
@@ -114,7 +114,7 @@ class RunResult:
     restarts: int = 0
     replayed: list[str] = field(default_factory=list)  # durable cells replayed from the log
     executed: list[str] = field(default_factory=list)  # durable cells executed
-    error: dict | None = None  # cell index, ename, evalue
+    error: dict[str, Any] | None = None  # cell index, ename, evalue
     notes: list[str] = field(default_factory=list)  # things the user should know
 
     @property
@@ -139,15 +139,15 @@ class RunResult:
         return (f"run {self.run!r} failed: {where} raised {error.get('ename')}: "
                 f"{_first_line(error.get('evalue'))}; output {self.output}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"run": self.run, "status": self.status, "output": self.output, "log": self.log,
                 "restarts": self.restarts, "replayed": self.replayed,
                 "executed": self.executed, "error": self.error, "notes": self.notes}
 
 
-def run(notebook: str | os.PathLike, output: str | os.PathLike | None = None, *,
+def run(notebook: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
         run_id: str | None = None, parameters: Mapping[str, Any] | None = None,
-        log: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None,
+        log: str | os.PathLike[str] | None = None, cwd: str | os.PathLike[str] | None = None,
         kernel: str | None = None, max_restarts: int = 0, progress: bool = False) -> RunResult:
     """Execute ``notebook`` with papermill as run ``run_id``; run it again to resume it.
 
@@ -213,7 +213,7 @@ def derived_run_id(notebook: str, parameters: Mapping[str, Any]) -> str:
     return settings.check_run_id(f"{stem}-{xxhash.xxh3_64_hexdigest(key.encode())[:8]}")
 
 
-def default_log(log: str | os.PathLike | None, cwd: Path | None = None) -> Path:
+def default_log(log: str | os.PathLike[str] | None, cwd: Path | None = None) -> Path:
     """The log a kernel started in ``cwd`` would use (given > ``configure(log=...)`` >
     ``NBDURABLE_LOG`` > default)."""
     if log is not None:
@@ -226,7 +226,7 @@ def default_log(log: str | os.PathLike | None, cwd: Path | None = None) -> Path:
 
 # -- checks -------------------------------------------------------------------------------------
 
-def _check_notebook(notebook: str | os.PathLike):
+def _check_notebook(notebook: str | os.PathLike[str]) -> tuple[Path, Any]:
     """The notebook's absolute path and its content."""
     import nbformat
 
@@ -241,7 +241,7 @@ def _check_notebook(notebook: str | os.PathLike):
                          "give an .ipynb file") from None
 
 
-def _notes(nb, source: Path) -> list[str]:
+def _notes(nb: Any, source: Path) -> list[str]:
     """What makes a run less durable than its user may think."""
     steps = [durable_step(cell) for cell in nb.cells]
     if not any(steps):
@@ -254,7 +254,7 @@ def _notes(nb, source: Path) -> list[str]:
     return []
 
 
-def _check_parameters(parameters: Mapping[str, Any] | None) -> dict:
+def _check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
     parameters = dict(parameters or {})
     bad = [name for name in parameters if not str(name).isidentifier()]
     if bad:
@@ -263,7 +263,7 @@ def _check_parameters(parameters: Mapping[str, Any] | None) -> dict:
     return parameters
 
 
-def _check_kernel(kernel: str | None, nb) -> None:
+def _check_kernel(kernel: str | None, nb: Any) -> None:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     name = kernel or nb.metadata.get("kernelspec", {}).get("name")
@@ -278,7 +278,7 @@ def _check_kernel(kernel: str | None, nb) -> None:
                          " the installed ones") from None
 
 
-def _check_cwd(cwd: str | os.PathLike | None) -> Path:
+def _check_cwd(cwd: str | os.PathLike[str] | None) -> Path:
     if cwd is None:
         return Path.cwd()
     path = Path(cwd).expanduser().absolute()
@@ -287,7 +287,7 @@ def _check_cwd(cwd: str | os.PathLike | None) -> Path:
     return path
 
 
-def _check_output(source: Path, output: str | os.PathLike | None) -> Path:
+def _check_output(source: Path, output: str | os.PathLike[str] | None) -> Path:
     """The output path; never the notebook itself, never a file that is not an earlier
     run's output."""
     target = (Path(output).expanduser() if output is not None
@@ -340,7 +340,7 @@ def _result(job: Job, target: Path) -> RunResult:
     return result
 
 
-def durable_step(cell) -> str | None:
+def durable_step(cell: Any) -> str | None:
     """The step name of a ``%%durable NAME`` cell, else None."""
     return step_of(cell.get("source", "")) if cell.get("cell_type") == "code" else None
 
