@@ -33,8 +33,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from kernels import Kernel, kernel_env  # noqa: E402
 
 from nbdurable import settings  # noqa: E402
-from nbdurable.engine import analysis  # noqa: E402
-from nbdurable.engine import cells as engine  # noqa: E402
+from nbdurable.engine import analysis, cells as engine  # noqa: E402
 from nbdurable.store.logdb import open_log  # noqa: E402
 
 

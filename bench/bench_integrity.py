@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from nbdurable.engine import serializer
-from nbdurable.engine import values as objects
+from nbdurable.engine import serializer, values as objects
 from nbdurable.store import signing
 from nbdurable.store.blobs import BlobStore
 

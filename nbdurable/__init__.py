@@ -80,27 +80,58 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from nbdurable import errors
-    from nbdurable.batch.runner import RunResult, run
-    from nbdurable.engine.cleanup import gc
-    from nbdurable.engine.events import list_events, push_event
-    from nbdurable.engine.history import history, log, runs, sql
-    from nbdurable.engine.resets import reset
-    from nbdurable.engine.steps import once, once_reset, once_resolve, step
-    from nbdurable.engine.trusts import trust
-    from nbdurable.engine.waits import (
-        Event,
-        Sleep,
-        WaitResult,
-        sleep,
-        sleep_async,
-        wait_all,
-        wait_all_async,
-        wait_any,
-        wait_any_async,
-        wait_for_event,
-        wait_for_event_async,
+    from nbdurable import (
+        errors as errors,
     )
-    from nbdurable.errors import NbdurableError, WaitTimeout
-    from nbdurable.ipython.panel import event_button
-    from nbdurable.settings import configure
+    from nbdurable.batch.runner import (
+        RunResult as RunResult,
+        run as run,
+    )
+    from nbdurable.engine.cleanup import (
+        gc as gc,
+    )
+    from nbdurable.engine.events import (
+        list_events as list_events,
+        push_event as push_event,
+    )
+    from nbdurable.engine.history import (
+        history as history,
+        log as log,
+        runs as runs,
+        sql as sql,
+    )
+    from nbdurable.engine.resets import (
+        reset as reset,
+    )
+    from nbdurable.engine.steps import (
+        once as once,
+        once_reset as once_reset,
+        once_resolve as once_resolve,
+        step as step,
+    )
+    from nbdurable.engine.trusts import (
+        trust as trust,
+    )
+    from nbdurable.engine.waits import (
+        Event as Event,
+        Sleep as Sleep,
+        WaitResult as WaitResult,
+        sleep as sleep,
+        sleep_async as sleep_async,
+        wait_all as wait_all,
+        wait_all_async as wait_all_async,
+        wait_any as wait_any,
+        wait_any_async as wait_any_async,
+        wait_for_event as wait_for_event,
+        wait_for_event_async as wait_for_event_async,
+    )
+    from nbdurable.errors import (
+        NbdurableError as NbdurableError,
+        WaitTimeout as WaitTimeout,
+    )
+    from nbdurable.ipython.panel import (
+        event_button as event_button,
+    )
+    from nbdurable.settings import (
+        configure as configure,
+    )

@@ -11,9 +11,12 @@ import math
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from nbdurable.errors import NbdurableError
+
+if TYPE_CHECKING:  # pragma: no cover
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EPILOG = ("exit status: 0 done; 1 a cell raised; 2 bad input or another expected error "
           "(one line on stderr); 3 the kernel died (run the same command again to resume)")
@@ -37,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _command(sub, name: str, function: str, help: str, description: str):
+def _command(sub: Subparsers, name: str, function: str, help: str,
+             description: str) -> argparse.ArgumentParser:
     cmd = sub.add_parser(name, help=help, epilog=EPILOG,
                          description=f"{description} (library: {function})")
     cmd.add_argument("--log", metavar="PATH", help="the log file (default: NBDURABLE_LOG, else "
@@ -46,7 +50,7 @@ def _command(sub, name: str, function: str, help: str, description: str):
     return cmd
 
 
-def _run_parser(sub) -> None:
+def _run_parser(sub: Subparsers) -> None:
     cmd = _command(sub, "run", "nbdurable.run", "execute a notebook with papermill; run it "
                    "again to resume", "Execute NOTEBOOK with papermill as a durable run. "
                    "Running the same run id again resumes it: completed durable cells replay "
@@ -69,14 +73,14 @@ def _run_parser(sub) -> None:
     cmd.set_defaults(handler=_run)
 
 
-def _runs_parser(sub) -> None:
+def _runs_parser(sub: Subparsers) -> None:
     cmd = _command(sub, "runs", "nbdurable.runs", "list the runs in the log",
                    "List the runs in the log: status, steps completed and failed, "
                    "started, last activity.")
     cmd.set_defaults(handler=_runs)
 
 
-def _log_parser(sub) -> None:
+def _log_parser(sub: Subparsers) -> None:
     cmd = _command(sub, "log", "nbdurable.log", "what happened in a run, step by step",
                    "Show each step of RUN: status, attempts, duration, executed or replayed, "
                    "its waits and their outcome; and the run's events.")
@@ -84,7 +88,7 @@ def _log_parser(sub) -> None:
     cmd.set_defaults(handler=_log)
 
 
-def _reset_parser(sub) -> None:
+def _reset_parser(sub: Subparsers) -> None:
     cmd = _command(sub, "reset", "nbdurable.reset", "make a run's steps run again",
                    "Invalidate the checkpoints of RUN's steps (all, or from STEP on) so that "
                    "they execute again the next time they are reached. Nothing is deleted.")
@@ -97,7 +101,7 @@ def _reset_parser(sub) -> None:
     cmd.set_defaults(handler=_reset)
 
 
-def _event_parser(sub) -> None:
+def _event_parser(sub: Subparsers) -> None:
     event = sub.add_parser("event", help="push events to a run, list a run's events",
                            description="Events feed the waits of durable cells.")
     actions = event.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -116,7 +120,7 @@ def _event_parser(sub) -> None:
     listing.set_defaults(handler=_event_list)
 
 
-def _trust_parser(sub) -> None:
+def _trust_parser(sub: Subparsers) -> None:
     cmd = sub.add_parser("trust", help="sign a reviewed log's values with your secret",
                          epilog=EPILOG, description="Sign every stored value of LOG (or of one "
                          "run) with your secret, after you reviewed it: a log written with "
@@ -128,7 +132,7 @@ def _trust_parser(sub) -> None:
     cmd.set_defaults(handler=_trust)
 
 
-def _sql_parser(sub) -> None:
+def _sql_parser(sub: Subparsers) -> None:
     cmd = _command(sub, "sql", "nbdurable.sql", "run a read-only SQL query on the log",
                    "Run one SELECT on the log (table events; views attempts, runs) under "
                    "nbdurable's lease, so no one holds the file open meanwhile.")
@@ -137,7 +141,7 @@ def _sql_parser(sub) -> None:
     cmd.set_defaults(handler=_sql)
 
 
-def _gc_parser(sub) -> None:
+def _gc_parser(sub: Subparsers) -> None:
     cmd = _command(sub, "gc", "nbdurable.gc", "remove blobs nothing refers to, dead processes' "
                    "temporary files, old quarantine files",
                    "Remove blob files no event refers to (older than an hour), temporary files "
@@ -147,7 +151,7 @@ def _gc_parser(sub) -> None:
     cmd.set_defaults(handler=_gc)
 
 
-def _demo_parser(sub) -> None:
+def _demo_parser(sub: Subparsers) -> None:
     cmd = _command(sub, "demo", "nbdurable.demo.demo", "run the quickstart, kill its kernel "
                    "midway, resume, report", "Run notebooks/01-quickstart.ipynb headless, "
                    "SIGKILL its kernel in the middle of a durable cell, run it again in a fresh "
@@ -160,7 +164,7 @@ def _demo_parser(sub) -> None:
 
 # -- handlers: parse, call, print ---------------------------------------------------------------
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from nbdurable import run
 
     parameters = {name: _parse_parameter(value) for name, value in args.parameter}
@@ -178,14 +182,14 @@ def _run(args) -> int:
     return result.exit_code
 
 
-def _runs(args) -> int:
+def _runs(args: argparse.Namespace) -> int:
     from nbdurable.engine.history import runs
 
     _print_frame(runs(log=_existing_log(args.log)), args.json, "no runs in the log")
     return 0
 
 
-def _log(args) -> int:
+def _log(args: argparse.Namespace) -> int:
     from nbdurable.engine.history import log
 
     found = log(args.run, log=_existing_log(args.log))
@@ -196,7 +200,7 @@ def _log(args) -> int:
     return 0
 
 
-def _reset(args) -> int:
+def _reset(args: argparse.Namespace) -> int:
     from nbdurable.engine.resets import reset
 
     steps = reset(args.run, from_step=args.from_step, include_once=args.include_once,
@@ -209,7 +213,7 @@ def _reset(args) -> int:
     return 0
 
 
-def _event_push(args) -> int:
+def _event_push(args: argparse.Namespace) -> int:
     from nbdurable.engine.events import parse_payload, push_event
 
     text = sys.stdin.read() if args.payload == "-" else (args.payload or "")
@@ -222,7 +226,7 @@ def _event_push(args) -> int:
     return 0
 
 
-def _event_list(args) -> int:
+def _event_list(args: argparse.Namespace) -> int:
     from nbdurable.engine.events import list_events
 
     _print_frame(list_events(args.run, log=_existing_log(args.log)), args.json,
@@ -230,7 +234,7 @@ def _event_list(args) -> int:
     return 0
 
 
-def _demo(args) -> int:
+def _demo(args: argparse.Namespace) -> int:
     from nbdurable.demo import demo
 
     report = demo(args.notebook, workdir=args.dir, log=args.log,
@@ -240,14 +244,14 @@ def _demo(args) -> int:
     return 0 if report.completed else 1
 
 
-def _sql(args) -> int:
+def _sql(args: argparse.Namespace) -> int:
     from nbdurable.engine.history import sql
 
     _print_frame(sql(args.query, log=_existing_log(args.log)), args.json, "(no rows)")
     return 0
 
 
-def _gc(args) -> int:
+def _gc(args: argparse.Namespace) -> int:
     from nbdurable.engine.cleanup import gc
 
     result = gc(log=_existing_log(args.log), dry_run=args.dry_run)
@@ -258,7 +262,7 @@ def _gc(args) -> int:
     return 0
 
 
-def _trust(args) -> int:
+def _trust(args: argparse.Namespace) -> int:
     from nbdurable.engine.trusts import trust
 
     result = trust(_existing_log(args.log), run=args.run)
@@ -286,11 +290,11 @@ def _existing_log(given: str | None) -> str:
 
 # -- output -------------------------------------------------------------------------------------
 
-def _print_json(value) -> None:
+def _print_json(value: Any) -> None:
     print(json.dumps(_finite(value), indent=2, default=str, allow_nan=False))
 
 
-def _finite(value):
+def _finite(value: Any) -> Any:
     """JSON has no NaN or infinity (a parameter may be one): they become strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -301,7 +305,7 @@ def _finite(value):
     return value
 
 
-def _print_frame(frame, as_json: bool, empty: str) -> None:
+def _print_frame(frame: Any, as_json: bool, empty: str) -> None:  # a DataFrame
     if as_json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
     elif frame.empty:
@@ -322,7 +326,8 @@ def _version() -> str:
     return f"nbdurable {__version__}"
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
     print(f"nbdurable: warning: {message}", file=sys.stderr)
 
 
@@ -330,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.showwarning = _show_warning  # one line each, like errors
     try:
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except NbdurableError as exc:
         print(f"nbdurable: error: {exc}", file=sys.stderr)
         return 2

@@ -15,9 +15,11 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from nbdurable import settings
 from nbdurable.errors import NbdurableError, UsageError
@@ -35,10 +37,10 @@ class DemoReport:
     killed: bool
     completed: bool
     steps: list[tuple[str, str, str]] = field(default_factory=list)  # (step, kind, detail)
-    first_effects: Counter = field(default_factory=Counter)
-    total_effects: Counter = field(default_factory=Counter)
+    first_effects: Counter[str] = field(default_factory=Counter)
+    total_effects: Counter[str] = field(default_factory=Counter)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"run": self.run, "workdir": str(self.workdir), "killed": self.killed,
                 "completed": self.completed,
                 "steps": [{"step": s, "kind": k, "detail": d} for s, k, d in self.steps],
@@ -46,8 +48,10 @@ class DemoReport:
                 "total_effects": dict(self.total_effects)}
 
 
-def demo(notebook: str | os.PathLike | None = None, *, workdir: str | os.PathLike = "nbdurable-demo",
-         log: str | os.PathLike | None = None, kill_after: int = 2, echo=print) -> DemoReport:
+def demo(notebook: str | os.PathLike[str] | None = None, *,
+         workdir: str | os.PathLike[str] = "nbdurable-demo",
+         log: str | os.PathLike[str] | None = None, kill_after: int = 2,
+         echo: Callable[[str], Any] = print) -> DemoReport:
     """Run the demo and print what happened; returns the same facts as a :class:`DemoReport`.
     ``log`` defaults to ``.nbdurable/log.duckdb`` in ``workdir``."""
     import nbformat
@@ -78,7 +82,7 @@ def demo(notebook: str | os.PathLike | None = None, *, workdir: str | os.PathLik
     return report
 
 
-def _find_notebook(notebook) -> Path:
+def _find_notebook(notebook: str | os.PathLike[str] | None) -> Path:
     if notebook is not None:
         path = Path(notebook)
         if not path.is_file():
@@ -97,7 +101,7 @@ def _kernel_env(run: str, log: Path) -> dict[str, str]:
     return env
 
 
-def _client(nb, work: Path):
+def _client(nb: Any, work: Path) -> Any:
     from nbclient import NotebookClient
 
     from nbdurable.kernels import local_kernel_config
@@ -106,7 +110,7 @@ def _client(nb, work: Path):
                           resources={"metadata": {"path": str(work)}})
 
 
-def _run(nb, work: Path, env: dict) -> bool:
+def _run(nb: Any, work: Path, env: dict[str, str]) -> bool:
     from nbclient.exceptions import CellExecutionError
 
     try:
@@ -116,7 +120,8 @@ def _run(nb, work: Path, env: dict) -> bool:
     return True
 
 
-def _run_and_kill(nb, work: Path, env: dict, effects: Path, kill_after: int) -> bool:
+def _run_and_kill(nb: Any, work: Path, env: dict[str, str], effects: Path,
+                  kill_after: int) -> bool:
     """Execute ``nb``; SIGKILL its kernel when summary ``kill_after + 1`` starts (so that
     ``kill_after`` are finished and one is in flight)."""
     from nbclient.exceptions import DeadKernelError
@@ -125,7 +130,7 @@ def _run_and_kill(nb, work: Path, env: dict, effects: Path, kill_after: int) -> 
     killed = threading.Event()
     stop = threading.Event()
 
-    def killer():
+    def killer() -> None:
         while not stop.is_set():
             if _effects(effects)["summarize"] > kill_after and client.km is not None:
                 os.kill(client.km.provisioner.pid, signal.SIGKILL)
@@ -145,11 +150,11 @@ def _run_and_kill(nb, work: Path, env: dict, effects: Path, kill_after: int) -> 
     return killed.is_set()
 
 
-def _effects(path: Path) -> Counter:
+def _effects(path: Path) -> Counter[str]:
     return Counter(path.read_text().split()) if path.exists() else Counter()
 
 
-def _steps(nb) -> list[tuple[str, str, str]]:
+def _steps(nb: Any) -> list[tuple[str, str, str]]:
     """(step, replayed|executed, detail) from the notices in an executed notebook."""
     steps = []
     for cell in nb.cells:
@@ -168,7 +173,7 @@ def _steps(nb) -> list[tuple[str, str, str]]:
     return steps
 
 
-def _print_report(report: DemoReport, echo) -> None:
+def _print_report(report: DemoReport, echo: Callable[[str], Any]) -> None:
     echo("2nd run (fresh kernel, Run All):" if report.completed else "2nd run did not finish")
     for name, kind, detail in report.steps:
         echo(f"  {name:<10} {kind:<9} {detail}")

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import xxhash
 
 from nbdurable.engine.analysis import CellNames, analyse
-from nbdurable.engine.header import LINE as _LINE
-from nbdurable.engine.header import parse_line
+from nbdurable.engine.header import LINE as _LINE, parse_line
 from nbdurable.errors import UsageError
 
 RUNTIME = "__nbdurable__"
