@@ -116,7 +116,7 @@ class Claim:
 
     def _content(self) -> dict[str, Any]:
         return {"run": self.run, "invocation": self.invocation, "pgid": os.getpgid(0),
-                "since": _now(), **ProcessId.current().to_dict()}
+                "since": _now(), **processes.me().to_dict()}
 
     def kernel_guard_code(self) -> str:
         """Python for a kernel of this invocation to run before any cell (silently)."""
@@ -242,7 +242,7 @@ def guard_kernel(claim: str, invocation: str) -> None:
     path = Path(claim)
     fd = _lock_fresh(_kernel_path(path, invocation))
     _write_json(fd, {"invocation": invocation, "pgid": os.getpgid(0), "since": _now(),
-                     **ProcessId.current().to_dict()})  # fd stays open: the kernel claim
+                     **processes.me().to_dict()})  # fd stays open: the kernel claim
     driver = _driver_content(path)
     if driver.get("invocation") != invocation or not _held(path):
         _stop(driver.get("pgid"))  # another invocation took the run before this kernel began

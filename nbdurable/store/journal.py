@@ -51,7 +51,7 @@ import xxhash
 
 from nbdurable import processes
 from nbdurable.errors import CheckpointError, JournalDamageWarning, first_line
-from nbdurable.processes import ProcessId, start_time
+from nbdurable.processes import ProcessId
 from nbdurable.store import files, schema
 from nbdurable.store.sidecars import Sidecars
 
@@ -161,8 +161,9 @@ class Journal:
     def __init__(self, log: _Log):
         self.log = log
         self.dir = Sidecars.of(log.path).journal
-        self.pid = os.getpid()
-        self.path = self.dir / f"{processes.HOST_TOKEN}-{self.pid}-{start_time(self.pid) or 0}.jsonl"
+        me = processes.me()
+        self.pid = me.pid
+        self.path = self.dir / f"{processes.HOST_TOKEN}-{me.pid}-{me.started or 0}.jsonl"
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._written = 0  # bytes appended
