@@ -46,6 +46,12 @@ _LAZY = {
     "sql": "nbdurable.engine.history",
     "gc": "nbdurable.engine.cleanup",
     "event_button": "nbdurable.ipython.panel",
+    "map": "nbdurable.engine.children",
+    "spawn": "nbdurable.engine.children",
+    "as_completed": "nbdurable.engine.children",
+    "Child": "nbdurable.engine.children",
+    "ChildError": "nbdurable.errors",
+    "children": "nbdurable.engine.history",
 }
 
 __all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension", "__version__"])
@@ -87,6 +93,12 @@ if TYPE_CHECKING:  # pragma: no cover
         RunResult as RunResult,
         run as run,
     )
+    from nbdurable.engine.children import (
+        Child as Child,
+        as_completed as as_completed,
+        map as map,
+        spawn as spawn,
+    )
     from nbdurable.engine.cleanup import (
         gc as gc,
     )
@@ -95,6 +107,7 @@ if TYPE_CHECKING:  # pragma: no cover
         push_event as push_event,
     )
     from nbdurable.engine.history import (
+        children as children,
         history as history,
         log as log,
         runs as runs,
@@ -126,6 +139,7 @@ if TYPE_CHECKING:  # pragma: no cover
         wait_for_event_async as wait_for_event_async,
     )
     from nbdurable.errors import (
+        ChildError as ChildError,
         NbdurableError as NbdurableError,
         WaitTimeout as WaitTimeout,
     )

@@ -119,6 +119,25 @@ class WaitMismatchError(StepError):
         self.recorded, self.reached = recorded, reached
 
 
+class ChildError(StepError):
+    """A child of ``nbdurable.map`` / ``spawn`` failed (after its retries). ``key``: the child's
+    key (``map#0[17]``, ``spawn#2`` or the one given); ``error``: its exception (None when it
+    could not be brought back from the worker); ``child_traceback``: the traceback text as the
+    worker printed it; ``attempts``: how many times it ran. The other children's results stay
+    recorded: fixing the cause and running the cell again runs only the failed ones."""
+
+    def __init__(self, message: str, *, key: str, error: BaseException | None = None,
+                 child_traceback: str = "", attempts: int = 1):
+        super().__init__(message)
+        self.key, self.error = key, error
+        self.child_traceback, self.attempts = child_traceback, attempts
+
+    def _render_traceback_(self) -> list[str]:
+        # the child's own traceback is what the user needs; the parent's frames are noise
+        lines = self.child_traceback.rstrip("\n").splitlines() if self.child_traceback else []
+        return [*lines, *super()._render_traceback_()]
+
+
 class UnstorableValueWarning(UserWarning):
     """A variable produced by a durable cell could not be stored in the log."""
 

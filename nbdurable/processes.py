@@ -23,11 +23,17 @@ HOST_TOKEN = re.sub(r"[\s\-/]", "_", HOST)
 
 def start_time(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot), or None where unknown."""
+    return _stat(pid)[1]
+
+
+def _stat(pid: int) -> tuple[bytes, int | None]:
+    """(state letter, start time) of process ``pid`` from ``/proc``; (b"", None) where unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0], int(fields[19])
     except (OSError, IndexError, ValueError):
-        return None
+        return b"", None
 
 
 def me() -> ProcessId:
@@ -99,7 +105,9 @@ class ProcessId:
             return False
         except PermissionError:
             pass
-        now = start_time(self.pid)
+        state, now = _stat(self.pid)
+        if state in (b"Z", b"X"):  # killed, not reaped yet by its parent: it runs no more
+            return False
         return self.started is None or now is None or now == self.started
 
     def describe(self) -> str:

@@ -31,18 +31,31 @@ MAX_RUN_LENGTH = 200
 class Settings:
     log: str | None = None
     run: str | None = None
+    #: the default executor of children (``nbdurable.map``/``spawn``): see
+    #: :mod:`nbdurable.engine.executors`; None is the local process pool
+    executor: object | None = None
 
 
 #: What ``configure`` set in this process (like ``logging.basicConfig``: process-wide by design).
 _configured = Settings()
 
 
-def configure(*, log: str | os.PathLike[str] | None = None, run: str | None = None) -> None:
-    """Set the log file and/or the run id for this process (``None`` leaves a setting as is)."""
+def configure(*, log: str | os.PathLike[str] | None = None, run: str | None = None,
+              executor: object | None = None) -> None:
+    """Set the log file, the run id and/or the default executor of children for this process
+    (``None`` leaves a setting as is). ``executor``: ``"processes"`` (the default local pool),
+    ``"threads"``, a ``concurrent.futures.Executor`` or a ``dask.distributed.Client``."""
     if log is not None:
         _configured.log = str(_check_log_path(Path(log)))
     if run is not None:
         _configured.run = check_run_id(run)
+    if executor is not None:
+        _configured.executor = executor
+
+
+def configured_executor() -> object | None:
+    """The default executor of children ``configure(executor=...)`` set, if any."""
+    return _configured.executor
 
 
 def configured_log() -> str | None:
@@ -54,6 +67,7 @@ def reset() -> None:
     """Forget what ``configure`` set (back to environment and defaults)."""
     _configured.log = None
     _configured.run = None
+    _configured.executor = None
     _log_paths.clear()
 
 

@@ -24,6 +24,7 @@ def test_public_names_survive_importing_every_submodule():
 
 #: The public API. Changing it is a decision: update this list, the README and the changelog.
 PUBLIC = {
+    "Child", "ChildError", "as_completed", "children", "map", "spawn",
     "Event", "NbdurableError", "RunResult", "Sleep", "WaitResult", "WaitTimeout", "__version__",
     "configure", "errors", "event_button", "gc", "history", "list_events",
     "load_ipython_extension", "log", "once", "once_reset", "once_resolve", "push_event", "reset",
@@ -32,7 +33,7 @@ PUBLIC = {
     "wait_for_event_async",
 }
 ERRORS = {
-    "CheckpointError", "ConfigError", "LogBusyError", "LogCorruptError", "LogError",
+    "CheckpointError", "ChildError", "ConfigError", "LogBusyError", "LogCorruptError", "LogError",
     "LogVersionError", "NbdurableError", "NotALogError", "OnceInDoubtError", "RunBusyError",
     "SignatureError", "StepError", "UnknownRunError", "UsageError", "WaitMismatchError",
     "WaitTimeout",

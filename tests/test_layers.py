@@ -149,11 +149,14 @@ PROCESS_WIDE = {
     "nbdurable.batch.papermill_engine": {"_ENGINE"},
     "nbdurable.engine.cells": {"_PREVIOUS"},
     "nbdurable.engine.context": {"_current", "_process_current"},
-    "nbdurable.engine.history": {"RUNS_COLUMNS"},
+    "nbdurable.engine.children": {"_outside_keys"},
+    "nbdurable.engine.executors": {"_LOCAL_POOL", "_THREADS"},
+    "nbdurable.engine.history": {"CHILDREN_COLUMNS", "RUNS_COLUMNS"},
     "nbdurable.engine.serializer": {"MOVED_MODULES", "_HEADER", "_LEN", "_MAIN_REF", "_class_ids",
                                     "_load_namespace"},
     "nbdurable.engine.steps": {"F"},
     "nbdurable.engine.waits": {"_floors", "_ui"},
+    "nbdurable.engine.worker": {"_parent"},
     "nbdurable.ipython": {"__all__"},
     "nbdurable.ipython.extension": {"_runtimes"},
     "nbdurable.ipython.panel": {"_watched", "_watched_lock", "registry"},
@@ -162,12 +165,13 @@ PROCESS_WIDE = {
     "nbdurable.settings": {"_configured", "_log_paths"},
     "nbdurable.store.claims": {"_guarded"},
     "nbdurable.store.journal": {"_warned"},
+    "nbdurable.store.records": {"_clock", "_clock_lock"},
     "nbdurable.store.logdb": {"_BY_ARGUMENT", "_FORK_LOCK", "_LEAKED", "_LIVE", "_REGISTRY",
                               "_REGISTRY_LOCK", "__all__"},
     "nbdurable.store.signing": {"_cache", "_cache_lock"},
     "nbdurable.store.spool": {"_last_stamp"},
 }
-_MUTABLE_CALLS = {"dict", "list", "set", "local", "WeakKeyDictionary", "WeakSet", "defaultdict",
+_MUTABLE_CALLS = {"dict", "list", "set", "local", "count", "WeakKeyDictionary", "WeakSet", "defaultdict",
                   "OrderedDict"}
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import xxhash
 
 from nbdurable import faults, settings
-from nbdurable.engine import analysis, context, serializer, values
+from nbdurable.engine import analysis, children, context, serializer, values
 from nbdurable.engine.fingerprint import Tracker, fingerprint, module_fingerprint
 from nbdurable.errors import CheckpointError, LogHeldWarning, UnstorableValueWarning, first_line
 from nbdurable.store import records
@@ -221,11 +221,16 @@ class Engine:
         index.wrote(before, log.generation())
         ns = self.namespace if isinstance(self.namespace, dict) else None
         ctx = context.StepContext(log, run, spec.name, attempt.attempt, decision.force, ns,
-                                  spec.source_hash, since=since)
+                                  spec.source_hash, since=since, journal=journal)
         execution = Execution(decision, attempt, rows, time.perf_counter(),
                               dict(self.namespace), ctx)
         execution.token = context.enter(ctx)
         return execution
+
+    def settle(self, execution: Execution) -> None:
+        """The body reached its end: wait for the children it started (Kernel → Interrupt
+        stops them and raises here, in the cell)."""
+        children.settle(execution.step_context)
 
     def finish(self, execution: Execution, *, ok: bool, outputs: list[dict[str, Any]],
                error: dict[str, Any] | None = None) -> Finished:
@@ -238,6 +243,7 @@ class Engine:
         either way the step executes again.
         """
         context.leave(execution.step_context, execution.token)
+        children.finished(execution.step_context, ok=ok)
         log = execution.decision.log
         journal = self._journal(log)
         try:

@@ -38,6 +38,10 @@ class StepContext:
     since: int = 1
     #: recorded @step calls of this step (loaded at the first call)
     calls: dict[str, Any] | None = None
+    #: this process's journal for the log, where children's outcomes are written
+    journal: Any = None  # nbdurable.store.journal.Journal
+    #: the children started by this execution (nbdurable.engine.children), once there are some
+    children: Any = None
     _counters: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

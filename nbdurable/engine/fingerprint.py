@@ -15,10 +15,13 @@ otherwise the value is hashed again, so in-place changes by plain cells are seen
 
 from __future__ import annotations
 
+import json
 import types
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+import xxhash
 
 from nbdurable.engine import serializer
 
@@ -42,6 +45,15 @@ def fingerprint(value: Any, main_globals: dict[str, Any] | None = None
     except serializer.Unstorable as exc:
         return type_fingerprint(value), None, exc.reason
     return f"h:{packed.digest}", packed, None
+
+
+def call_fingerprint(fn_fp: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     main_globals: dict[str, Any] | None = None) -> str:
+    """Of a call (``@step``, a child): changes when the function's code (``fn_fp``, its
+    :func:`fingerprint`) or any argument changes."""
+    parts = [fn_fp, *(fingerprint(a, main_globals)[0] for a in args)]
+    parts += [f"{k}={fingerprint(v, main_globals)[0]}" for k, v in sorted(kwargs.items())]
+    return xxhash.xxh3_128_hexdigest(json.dumps(parts).encode())
 
 
 @dataclass

@@ -13,7 +13,7 @@ from nbdurable.engine.events import list_events
 from nbdurable.engine.waits import describe_outcome, describe_spec
 from nbdurable.errors import UsageError
 from nbdurable.processes import ProcessId
-from nbdurable.store import invocations, queries, records, schema
+from nbdurable.store import children as child_records, invocations, queries, records, schema
 from nbdurable.store.runs import require_run
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +59,30 @@ def runs(*, log: LogArg = None) -> Any:  # a DataFrame
     with db.lease() as con:
         table = _run_table(con, db, queries.with_journals(con, db, None))
     return pd.DataFrame.from_records(table, columns=RUNS_COLUMNS)
+
+
+CHILDREN_COLUMNS = ["step", "key", "status", "attempts", "parent_attempt", "duration_s",
+                    "finished_at", "error"]
+
+
+def children(run: str | None = None, *, log: LogArg = None) -> Any:  # a DataFrame
+    """One row per child of ``nbdurable.map`` / ``spawn`` in a run (default: the current one):
+    step, key, status (completed, failed, interrupted) and error of its latest attempt,
+    attempts (how many times it ran), parent_attempt (the attempt of the step that ran it last:
+    an earlier one than the step's latest means the result was reused), duration_s,
+    finished_at. A DataFrame."""
+    import pandas as pd
+
+    db = resolve_log(log)
+    run = run or settings.run_id(_main_namespace())
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in child_records.load_run(db, run):
+        row = latest.setdefault((r.step, r.key), {"attempts": 0})
+        row.update(step=r.step, key=r.key, status=str(r.status), parent_attempt=r.attempt,
+                   duration_s=r.duration_s, finished_at=r.finished_at,
+                   error=(r.error or {}).get("evalue") if r.error else None)
+        row["attempts"] += 1
+    return pd.DataFrame.from_records(list(latest.values()), columns=CHILDREN_COLUMNS)
 
 
 def _run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:

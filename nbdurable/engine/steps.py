@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import xxhash
-
 from nbdurable.engine import context, serializer, values
 from nbdurable.engine.context import LogArg
-from nbdurable.engine.fingerprint import fingerprint
+from nbdurable.engine.fingerprint import call_fingerprint, fingerprint
 from nbdurable.errors import (
     IntegrityWarning,
     LogCorruptError,
@@ -155,10 +152,7 @@ def _call_fingerprint(fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any]) -> str:
     """Changes when the function's code or any argument changes."""
     ns = _main_namespace()
-    parts = [fingerprint(fn, ns)[0]]
-    parts += [fingerprint(a, ns)[0] for a in args]
-    parts += [f"{k}={fingerprint(v, ns)[0]}" for k, v in sorted(kwargs.items())]
-    return xxhash.xxh3_128_hexdigest(json.dumps(parts).encode())
+    return call_fingerprint(fingerprint(fn, ns)[0], args, kwargs, ns)
 
 
 def _main_namespace() -> dict[str, Any] | None:

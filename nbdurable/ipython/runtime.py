@@ -65,7 +65,10 @@ class KernelRuntime:
         self._begin(decision)
 
     def done(self, value: Any = None) -> Any:
-        """Reached at the end of an executed body: the attempt succeeded."""
+        """Reached at the end of an executed body: the attempt succeeded once the children it
+        started have finished."""
+        if self._execution is not None:
+            self.engine.settle(self._execution)
         self._done = True
         return value
 

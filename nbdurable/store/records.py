@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from nbdurable import processes
@@ -41,15 +42,26 @@ _INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
 def now() -> datetime:
-    """The current time as a naive UTC timestamp (the log's convention)."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """The current time as a naive UTC timestamp (the log's convention), strictly increasing
+    in this process: a journal tells its rows apart by (run, step, attempt, kind, ts), and a
+    burst of children finishes several rows within one microsecond."""
+    at = datetime.now(UTC).replace(tzinfo=None)
+    with _clock_lock:
+        if at <= _clock[0]:
+            at = _clock[0] + timedelta(microseconds=1)
+        _clock[0] = at
+    return at
 
 
-def _dumps(value: Any) -> str:
+_clock = [datetime.min]
+_clock_lock = threading.Lock()
+
+
+def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-class _Payloads:
+class Payloads:
     """Packs several StoredRefs into one ``data`` column and JSON references to them."""
 
     def __init__(self) -> None:
@@ -84,7 +96,7 @@ def stored_ref(spec: list[Any] | None, data: bytes | None) -> StoredRef | None:
 
 def run_created(run: str, notebook: str | None) -> list[Any]:
     """A run_created event row: a session of this process started using the run."""
-    body = _dumps({"notebook": notebook, "pid": os.getpid(), "host": HOST})
+    body = dumps({"notebook": notebook, "pid": os.getpid(), "host": HOST})
     return [run, None, None, schema.Kind.RUN_CREATED, now(), body, None]
 
 
@@ -120,7 +132,7 @@ class Attempt:
     forced: bool = False  # --force or a reset: earlier calls and waits are not reused
 
 
-def _process() -> dict[str, Any]:
+def process_fields() -> dict[str, Any]:
     """Who writes an attempt or a ``once``: pid, host and start time (so that a reused PID
     does not pass for the process that died)."""
     me = processes.me()
@@ -130,9 +142,9 @@ def _process() -> dict[str, Any]:
 def attempt_started(attempt: Attempt, *, source: str, forced: bool,
                     reason: str | None) -> Statement:
     body = {"source_hash": attempt.source_hash, "source": source, "inputs": attempt.inputs,
-            "forced": forced, "reason": reason, **_process()}
+            "forced": forced, "reason": reason, **process_fields()}
     return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.Kind.ATTEMPT_STARTED,
-                     attempt.started_at, _dumps(body), None]
+                     attempt.started_at, dumps(body), None]
 
 
 def combine_rows(rows: list[list[Any]]) -> Statement:
@@ -143,14 +155,14 @@ def combine_rows(rows: list[list[Any]]) -> Statement:
 
 def attempt_finished(attempt: Attempt, *, error: dict[str, Any] | None) -> Statement:
     """The outcome, with the variables the attempt produced: one row, so atomic."""
-    payloads = _Payloads()
+    payloads = Payloads()
     variables = [[v.name, v.kind, v.detail, payloads.add(v.ref)]
                  for v in attempt.variables or []]
     body = {"status": attempt.status, "duration_s": attempt.duration_s,
             "variables": variables, "outputs": payloads.add(attempt.outputs),
             "unstorable": attempt.unstorable or {}, "error": error}
     return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.Kind.ATTEMPT_FINISHED,
-                     attempt.finished_at, _dumps(body), payloads.data()]
+                     attempt.finished_at, dumps(body), payloads.data()]
 
 
 def run_attempts(con: Connection, run: str, pending: Sequence[list[Any]] = ()) -> list[Attempt]:
@@ -182,12 +194,12 @@ def stored_refs(body: dict[str, Any], data: bytes | None) -> list[StoredRef]:
 def value_trusted(run: str, digest: str, mac: str) -> Statement:
     """``nbdurable trust``: the HMAC of a stored value's bytes under this user's secret."""
     return _INSERT, [run, None, None, schema.Kind.VALUE_TRUSTED, now(),
-                     _dumps({"hash": digest, "mac": mac, "pid": os.getpid()}), None]
+                     dumps({"hash": digest, "mac": mac, "pid": os.getpid()}), None]
 
 
 def step_reset(run: str, step: str, attempt: int) -> list[Any]:
     """An event row voiding the checkpoints of ``step`` up to ``attempt``."""
-    return [run, step, attempt, schema.Kind.STEP_RESET, now(), _dumps({"pid": os.getpid()}), None]
+    return [run, step, attempt, schema.Kind.STEP_RESET, now(), dumps({"pid": os.getpid()}), None]
 
 
 def assemble(run: str, rows: Iterable[Sequence[Any]]) -> list[Attempt]:
@@ -220,7 +232,7 @@ def _finish(attempt: Attempt, at: datetime, body: dict[str, Any], data: bytes | 
 def replayed(run: str, step: str, attempt: int) -> Statement:
     """Bookkeeping: a completed attempt was replayed instead of executed."""
     return _INSERT, [run, step, attempt, schema.Kind.REPLAYED, now(),
-                     _dumps({"pid": os.getpid()}), None]
+                     dumps({"pid": os.getpid()}), None]
 
 
 # -- @step calls --------------------------------------------------------------------------------
@@ -241,10 +253,10 @@ def calls_of(con: Connection, run: str, step: str,
 
 def call_completed(*, run: str, step: str, attempt: int, key: str, fingerprint: str,
                    result: StoredRef, started: datetime) -> Statement:
-    payloads = _Payloads()
+    payloads = Payloads()
     body = {"key": key, "fingerprint": fingerprint, "result": payloads.add(result),
             "started_at": started.isoformat()}
-    return _INSERT, [run, step, attempt, schema.Kind.CALL_COMPLETED, now(), _dumps(body),
+    return _INSERT, [run, step, attempt, schema.Kind.CALL_COMPLETED, now(), dumps(body),
                      payloads.data()]
 
 
@@ -282,10 +294,10 @@ def once_state(con: Connection, run: str, key: str) -> OnceState | None:
 
 def once_event(kind: str, run: str, key: str, *, step: str | None = None, status: str = "",
                result: StoredRef | None = None, error: dict[str, Any] | None = None) -> Statement:
-    payloads = _Payloads()
+    payloads = Payloads()
     body = {"key": key, "status": status, "result": payloads.add(result), "error": error,
-            **_process()}
-    return _INSERT, [run, step, None, kind, now(), _dumps(body), payloads.data()]
+            **process_fields()}
+    return _INSERT, [run, step, None, kind, now(), dumps(body), payloads.data()]
 
 
 # -- reading for people -------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class Kind(StrEnum):
     RUN_FINISHED = "run_finished"
     STEP_RESET = "step_reset"  # nbdurable reset: the step's checkpoints up to `attempt` are void
     VALUE_TRUSTED = "value_trusted"  # nbdurable trust: a stored value's HMAC under this user's key
+    CHILD_FINISHED = "child_finished"  # one attempt of a child of map/spawn ended (any outcome)
 
 
 class Status(StrEnum):

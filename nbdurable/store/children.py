@@ -1,0 +1,125 @@
+"""The children of durable steps (``nbdurable.map`` / ``spawn``): their rows and their reads.
+
+Each attempt of a child ends in one ``child_finished`` event, written by the kernel (never by a
+worker) to its journal as the result arrives: ``step`` and ``attempt`` are the parent's,
+``body`` holds the child's key, the fingerprint of its function and arguments, its status, which
+try it was, how long it ran, its error and a reference to its result (inline in ``data`` or a
+blob file, like a ``@step`` call's result).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from nbdurable.store import journal, schema
+from nbdurable.store.records import Payloads, StoredRef, dumps, process_fields, stored_ref
+from nbdurable.store.schema import Kind, Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection as Connection
+
+    from nbdurable.store.logdb import LogDB
+
+#: An event row as in the ``events`` table: run, step, attempt, kind, ts, body, data.
+Row = list[Any]
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    """One finished attempt of a child, as the log holds it."""
+
+    run: str
+    step: str
+    attempt: int  # the parent step's attempt
+    key: str
+    fingerprint: str
+    status: Status
+    tries: int  # 1 for the first attempt of this child, 2 for its first retry...
+    finished_at: datetime
+    duration_s: float | None = None
+    result: StoredRef | None = None
+    error: dict[str, Any] | None = None
+    unstorable: str | None = None  # why the result could not be stored (the child runs again)
+
+    @property
+    def reusable(self) -> bool:
+        """Completed with a stored result: a later execution returns it instead of running."""
+        return self.status == Status.COMPLETED and self.result is not None
+
+
+def child_finished(record: ChildRecord) -> Row:
+    """The event row of one finished child attempt."""
+    payloads = Payloads()
+    body = {"key": record.key, "fingerprint": record.fingerprint, "status": record.status,
+            "tries": record.tries, "duration_s": record.duration_s,
+            "result": payloads.add(record.result), "error": record.error,
+            "unstorable": record.unstorable, **process_fields()}
+    return [record.run, record.step, record.attempt, Kind.CHILD_FINISHED, record.finished_at,
+            dumps(body), payloads.data()]
+
+
+def load(db: LogDB, run: str, step: str, since: int) -> dict[str, list[ChildRecord]]:
+    """:func:`recorded`, from the log and the journals beside it (taking the lease)."""
+    with db.lease() as con:
+        return recorded(con, run, step, since, _pending(con, db, run))
+
+
+def load_run(db: LogDB, run: str) -> list[ChildRecord]:
+    """:func:`of_run`, from the log and the journals beside it (taking the lease)."""
+    with db.lease() as con:
+        return of_run(con, run, _pending(con, db, run))
+
+
+def _pending(con: Connection, db: LogDB, run: str) -> list[Row]:
+    wrote, pending = journal.gather(con, db.path, run)
+    if wrote:
+        db.announce_write()
+    return pending
+
+
+_SELECT = ("SELECT run, step, attempt, ts, body, data FROM events WHERE run = ? AND kind = ?")
+
+
+def recorded(con: Connection, run: str, step: str, since: int,
+             pending: Sequence[Row] = ()) -> dict[str, list[ChildRecord]]:
+    """key -> every recorded attempt of that child of ``step`` (parent attempts ``since`` on),
+    oldest first, from the log plus ``pending`` journal rows."""
+    rows = con.execute(_SELECT + " AND step = ? AND attempt >= ? ORDER BY rowid",
+                       [run, Kind.CHILD_FINISHED, step, since]).fetchall()
+    rows += [(r[0], r[1], r[2], r[4], r[5], r[6]) for r in pending
+             if r[0] == run and r[1] == step and r[3] == Kind.CHILD_FINISHED and r[2] >= since]
+    found: dict[str, list[ChildRecord]] = {}
+    for record in _records(rows):
+        found.setdefault(record.key, []).append(record)
+    return found
+
+
+def of_run(con: Connection, run: str, pending: Sequence[Row] = ()) -> list[ChildRecord]:
+    """Every recorded child attempt of a run, in the order they were written."""
+    rows = con.execute(_SELECT + " ORDER BY rowid", [run, Kind.CHILD_FINISHED]).fetchall()
+    rows += [(r[0], r[1], r[2], r[4], r[5], r[6]) for r in pending
+             if r[0] == run and r[3] == Kind.CHILD_FINISHED]
+    return list(_records(rows))
+
+
+def _records(rows: Sequence[Sequence[Any]]) -> list[ChildRecord]:
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for run, step, attempt, ts, body, data in rows:
+        if (step, attempt, ts) in seen:  # a journal row already moved into the log
+            continue
+        seen.add((step, attempt, ts))
+        out.append(_record(run, step, attempt, ts, json.loads(body), data))
+    return out
+
+
+def _record(run: str, step: str, attempt: int, ts: datetime, body: dict[str, Any],
+            data: bytes | None) -> ChildRecord:
+    return ChildRecord(run, step, attempt, body["key"], body["fingerprint"],
+                       schema.Status(body["status"]), int(body.get("tries") or 1), ts,
+                       body.get("duration_s"), stored_ref(body.get("result"), data),
+                       body.get("error"), body.get("unstorable"))
