@@ -72,9 +72,12 @@ class _Log(Protocol):
 
 #: An event row as in the ``events`` table: run, step, attempt, kind, ts, body, data.
 Row = list[Any]
-_RECOVER = ("INSERT INTO events SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM"
-            " events WHERE run = ? AND step IS NOT DISTINCT FROM ? AND attempt IS NOT DISTINCT"
-            " FROM ? AND kind = ? AND ts = ?)")
+_STAGE = "nbdurable_recovered"
+_INSERT_MISSING = (f"INSERT INTO events SELECT r.* EXCLUDE (seq) FROM temp.{_STAGE} r WHERE NOT"
+                   " EXISTS (SELECT 1 FROM events e WHERE e.run = r.run AND e.step IS NOT DISTINCT"
+                   " FROM r.step AND e.attempt IS NOT DISTINCT FROM r.attempt AND e.kind = r.kind"
+                   " AND e.ts = r.ts) ORDER BY r.seq")
+_STAGE_CHUNK = 256  # rows per staging statement (7 parameters each)
 _DRAIN_TIMEOUT = 10.0
 _BATCH_WINDOW = 0.05  # seconds the writer waits for more attempts to insert together
 _RETRY_FIRST, _RETRY_CAP = 0.2, 10.0  # backoff of a batch that did not reach the log
@@ -266,8 +269,7 @@ class Journal:
         try:
             if again:  # an earlier try may have committed before it failed: skip what is there
                 with self.log.transaction(announce=False) as con:
-                    for row in rows:
-                        con.execute(_RECOVER, [*row, *row[:4], row[4]])
+                    insert_missing(con, rows)
             else:
                 self.log.execute(*combine_rows(rows), announce=False)
         except Exception as exc:  # the log is held, full or damaged: the rows stay here
@@ -376,14 +378,30 @@ def recover(con: Connection, dead: list[Path]) -> bool:
     wrote = False
     for path in dead:
         contents = read(path)
-        for row in contents.rows:
-            con.execute(_RECOVER, [*row, *row[:4], row[4]])
+        if contents.rows:
+            insert_missing(con, contents.rows)
             wrote = True
         if contents.damaged:
             quarantine(path, contents.damaged)
         with suppress(OSError):
             path.unlink()
     return wrote
+
+
+def insert_missing(con: Connection, rows: list[Row]) -> None:
+    """Insert the rows the log does not hold yet (same run, step, attempt, kind and time), in
+    order: staged in a temporary table, then one anti-join (one statement per row cost ~1 ms
+    each: 0.5 s for a killed map's 500 children). Order matters: an attempt's start must
+    precede its outcome, and a join does not keep it by itself."""
+    unique = list({_identity(r): r for r in rows}.values())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_STAGE} AS SELECT *, 0 AS seq FROM events LIMIT 0")
+    for i in range(0, len(unique), _STAGE_CHUNK):
+        chunk = unique[i:i + _STAGE_CHUNK]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        con.execute(f"INSERT INTO temp.{_STAGE} VALUES {values}",
+                    [p for n, r in enumerate(chunk, i) for p in (*r, n)])
+    con.execute(_INSERT_MISSING)
+    con.execute(f"DROP TABLE temp.{_STAGE}")
 
 
 def live_rows(log_path: Path, run: str | None = None) -> list[Row]:

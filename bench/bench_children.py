@@ -1,0 +1,170 @@
+"""Children against bare executors, measured in one run: ``python bench/bench_children.py``.
+
+1. per-child overhead of ``nbdurable.map`` in a durable step (fingerprints, results recorded
+   in the journal and synced as they arrive) on 1,000 trivial children, over a bare
+   ``ProcessPoolExecutor`` (forkserver) submitting cloudpickled calls + ``as_completed``;
+   also ``nbdurable.map`` outside a durable step (the pool alone, no log);
+2. resume of a 1,000-child map (2 ms of work each) whose process was SIGKILLed after ~500
+   children: the resumed map against the unfinished children alone on the bare pool (the
+   difference is what skipping the finished ones costs), and a map whose 1,000 children are all
+   recorded (nothing is submitted).
+
+Rounds are interleaved; medians are reported. Targets (issue 10): (1) <= 0.5 ms per child over
+the bare pool; (2) skipping the finished ones <= 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import cloudpickle
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import _shim  # noqa: E402
+
+import nbdurable  # noqa: E402
+from nbdurable import settings  # noqa: E402
+from nbdurable.engine import analysis, cells  # noqa: E402
+
+
+def inc(x):
+    return x + 1
+
+
+def bare(pool: ProcessPoolExecutor, n: int, fn=inc) -> float:
+    t = time.perf_counter()
+    futures = [pool.submit(_shim.run, cloudpickle.dumps((fn, (i,)))) for i in range(n)]
+    total = sum(cloudpickle.loads(f.result()) for f in as_completed(futures))
+    assert total == sum(range(1, n + 1))
+    return time.perf_counter() - t
+
+
+def spec(name: str, source: str) -> cells.CellSpec:
+    import ast
+
+    return cells.CellSpec(name, source, analysis.analyse(ast.parse(source)))
+
+
+def in_step(eng: cells.Engine, name: str, n: int, *, force: bool = True) -> float:
+    """One execution of a durable step whose body maps ``inc`` over ``range(n)``."""
+    source = f"res = nbdurable.map(inc, range({n}))"
+    decision = eng.decide(spec(name, source))
+    decision.force = force
+    execution = eng.begin(decision)
+    t = time.perf_counter()
+    exec(source, eng.namespace)
+    elapsed = time.perf_counter() - t
+    eng.settle(execution)
+    eng.finish(execution, ok=True, outputs=[])
+    assert eng.namespace["res"][-1] == n
+    return elapsed
+
+
+def bench_overhead(work: Path, n: int, rounds: int) -> dict[str, float]:
+    settings.configure(log=work / "log.duckdb", run="overhead")
+    eng = cells.Engine({"__name__": "__main__", "inc": inc, "nbdurable": nbdurable})
+    context = multiprocessing.get_context("forkserver")
+    times: dict[str, list[float]] = {"bare": [], "outside": [], "step": []}
+    with ProcessPoolExecutor(os.cpu_count() or 2, mp_context=context) as pool:
+        bare(pool, 200), nbdurable.map(inc, range(200)), in_step(eng, "warm", 200)  # warm up
+        for i in range(rounds):
+            times["bare"].append(bare(pool, n))
+            t = time.perf_counter()
+            nbdurable.map(inc, range(n))
+            times["outside"].append(time.perf_counter() - t)
+            times["step"].append(in_step(eng, f"s{i}", n))
+    eng.close()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def sleepy(lines, x):
+    """A child of the resume figure: notes that it ran in ``lines``, works 2 ms."""
+    with open(lines, "a") as f:
+        f.write("x\n")
+    time.sleep(0.002)
+    return x + 1
+
+
+KILLED = """
+    import functools, sys
+    sys.path.insert(0, {bench!r})
+    import nbdurable
+    from nbdurable import settings
+    from bench_children import in_step, sleepy
+    from nbdurable.engine import cells
+    settings.configure(log={log!r}, run="resume")
+    work = functools.partial(sleepy, {lines!r})
+    eng = cells.Engine({{"__name__": "__main__", "inc": work, "nbdurable": nbdurable}})
+    in_step(eng, "fan", {n})
+"""
+
+
+def bench_resume(work: Path, n: int) -> dict[str, float]:
+    log, lines = work / "resume.duckdb", work / "lines"
+    code = textwrap.dedent(KILLED.format(bench=str(HERE), log=str(log), lines=str(lines), n=n))
+    from bench_children import sleepy as same  # as the killed run named it (not __main__'s)
+
+    work = functools.partial(same, str(lines))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while not lines.exists() or len(lines.read_bytes()) < n:  # ~n/2 lines of 2 bytes
+        assert time.monotonic() < deadline and proc.poll() is None, "the killed run stalled"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    settings.configure(log=log, run="resume")
+    eng = cells.Engine({"__name__": "__main__", "inc": work, "nbdurable": nbdurable})
+    recorded = nbdurable.children("resume", log=log).shape[0]
+    resumed = in_step(eng, "fan", n, force=False)
+    skip_all = in_step(eng, "fan", n, force=False)  # all recorded now: nothing submitted
+    eng.close()
+    with ProcessPoolExecutor(os.cpu_count() or 2,
+                             mp_context=multiprocessing.get_context("forkserver")) as pool:
+        bare(pool, 100)
+        remainder = bare(pool, n - recorded, work)
+    return {"recorded": recorded, "resumed": resumed, "remainder": remainder,
+            "skip_all": skip_all}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1000, help="children per map")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    n = args.n
+    with tempfile.TemporaryDirectory(prefix="nbdurable-bench-") as tmp:
+        o = bench_overhead(Path(tmp), n, args.rounds)
+        r = bench_resume(Path(tmp), n)
+    per = (o["step"] - o["bare"]) / n * 1000
+    print(f"1. {n} trivial children, medians of {args.rounds} interleaved rounds")
+    print(f"   bare ProcessPoolExecutor + cloudpickle   {o['bare']:.3f} s"
+          f"  ({o['bare'] / n * 1000:.3f} ms per child)")
+    print(f"   nbdurable.map outside a durable step     {o['outside']:.3f} s"
+          f"  ({(o['outside'] - o['bare']) / n * 1000:+.3f} ms per child)")
+    print(f"   nbdurable.map in a durable step          {o['step']:.3f} s"
+          f"  ({per:+.3f} ms per child over bare; target <= 0.5 ms)")
+    print(f"2. resume of a {n}-child map SIGKILLed with {r['recorded']} children recorded")
+    print(f"   resumed map                              {r['resumed']:.3f} s")
+    print(f"   the {n - r['recorded']} unfinished on the bare pool       {r['remainder']:.3f} s"
+          f"  (resume - bare: {r['resumed'] - r['remainder']:+.3f} s)")
+    print(f"   all {n} recorded, none submitted         {r['skip_all']:.3f} s"
+          f"  (skipping; target <= 0.2 s)")
+
+
+if __name__ == "__main__":
+    main()
