@@ -52,6 +52,8 @@ _LAZY = {
     "Child": "nbdurable.engine.children",
     "ChildError": "nbdurable.errors",
     "children": "nbdurable.engine.history",
+    "set_result": "nbdurable.engine.children",
+    "spawn_notebook": "nbdurable.batch.children",
 }
 
 __all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension", "__version__"])
@@ -89,6 +91,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from nbdurable import (
         errors as errors,
     )
+    from nbdurable.batch.children import (
+        spawn_notebook as spawn_notebook,
+    )
     from nbdurable.batch.runner import (
         RunResult as RunResult,
         run as run,
@@ -97,6 +102,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Child as Child,
         as_completed as as_completed,
         map as map,
+        set_result as set_result,
         spawn as spawn,
     )
     from nbdurable.engine.cleanup import (

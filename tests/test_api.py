@@ -24,7 +24,8 @@ def test_public_names_survive_importing_every_submodule():
 
 #: The public API. Changing it is a decision: update this list, the README and the changelog.
 PUBLIC = {
-    "Child", "ChildError", "as_completed", "children", "map", "spawn",
+    "Child", "ChildError", "as_completed", "children", "map", "set_result", "spawn",
+    "spawn_notebook",
     "Event", "NbdurableError", "RunResult", "Sleep", "WaitResult", "WaitTimeout", "__version__",
     "configure", "errors", "event_button", "gc", "history", "list_events",
     "load_ipython_extension", "log", "once", "once_reset", "once_resolve", "push_event", "reset",

@@ -41,14 +41,22 @@ def wait_for_lines(path: Path, n: int, timeout: float = 60.0) -> None:
         time.sleep(0.005)
 
 
-def test_kill_mid_map_reruns_only_unfinished_children(tmp_path):
-    fan = "%%durable fan\nres = nbdurable.map(work, range(60))\nprint(sum(res))"
+def kill_during(tmp_path: Path, cell: str, lines: int, *setup: str) -> None:
+    """In a kernel: define ``work`` (and run ``setup``), send ``cell``, SIGKILL the kernel once
+    ``ran.txt`` has ``lines`` lines."""
     with Kernel(tmp_path) as k:
         k.execute(LOAD)
         k.execute(work_cell(tmp_path))
-        k.send(fan)
-        wait_for_lines(tmp_path / "ran.txt", 25)
+        for source in setup:
+            assert k.execute(source).status == "ok"
+        k.send(cell)
+        wait_for_lines(tmp_path / "ran.txt", lines)
         k.sigkill()
+
+
+def test_kill_mid_map_reruns_only_unfinished_children(tmp_path):
+    fan = "%%durable fan\nres = nbdurable.map(work, range(60))\nprint(sum(res))"
+    kill_during(tmp_path, fan, 25)
     before = runs_per_item(tmp_path)
     assert 25 <= sum(before.values()) < 60, "killed in the middle"
     with Kernel(tmp_path) as k:
@@ -57,6 +65,14 @@ def test_kill_mid_map_reruns_only_unfinished_children(tmp_path):
         r = k.execute(fan)
         assert r.status == "ok", (r.ename, r.evalue)
         assert r.stream().strip().endswith(str(sum(2 * x for x in range(60))))
+        bars = [c for c in r.of_type("display_data")
+                if "application/vnd.jupyter.widget-view+json" in c["data"]]
+        assert bars, "a live progress bar"
+        final = re.search(r"map#0: 60/60 done \((\d+) reused\) in [\d.]+ s", r.stream())
+        assert final and int(final[1]) >= 25 - 2 * WORKERS, r.stream()
+        text = k.execute("print(nbdurable.log())").stream()
+        assert re.search(rf"map#0: 60 children, 60 completed \({final[1]} reused\), 0 failed; "
+                         r"\d+ attempts", text), text
     after = runs_per_item(tmp_path)
     assert set(after) == {str(x) for x in range(60)}, "every child ran"
     twice = [x for x, n in after.items() if n > 1]
@@ -69,6 +85,7 @@ def test_kill_mid_map_reruns_only_unfinished_children(tmp_path):
         k.execute(work_cell(tmp_path))
         r = k.execute(fan)
         assert r.status == "ok" and "replayed" in json.dumps(r.notices())
+        assert final[0] in r.stream(), "the replay shows the final counts"
     assert runs_per_item(tmp_path) == after
 
 
@@ -76,12 +93,7 @@ def test_kill_with_spawn_and_as_completed(tmp_path):
     fan = ("%%durable fan\nkids = [nbdurable.spawn(work, i) for i in range(30)]\n"
            "done = [c.key for c in nbdurable.as_completed(kids)]\n"
            "total = sum(c.result() for c in kids)\nprint(len(done), total)")
-    with Kernel(tmp_path) as k:
-        k.execute(LOAD)
-        k.execute(work_cell(tmp_path))
-        k.send(fan)
-        wait_for_lines(tmp_path / "ran.txt", 12)
-        k.sigkill()
+    kill_during(tmp_path, fan, 12)
     with Kernel(tmp_path) as k:
         k.execute(LOAD)
         k.execute(work_cell(tmp_path))
@@ -134,13 +146,11 @@ def test_retries_rerun_a_failing_child_and_log_every_attempt(tmp_path):
         k.execute(work_cell(tmp_path, 0, body))
         r = k.execute("%%durable fan\nres = nbdurable.map(work, range(4), retries=2)\n"
                       "print(res)")
-        assert r.stream() == "[0, 1, 2, 3]\n", (r.ename, r.evalue)
-        rows = k.execute("import json\nprint(json.dumps(nbdurable.sql(\"SELECT body->>'key', "
-                         "body->>'status', body->>'tries' FROM events WHERE kind = "
-                         "'child_finished' ORDER BY ts\").values.tolist()))")
-        failures = [row for row in json.loads(rows.stream()) if row[1] == "failed"]
-        assert failures and all(row[0] == "map#0[2]" for row in failures)
-        assert [row[2] for row in failures] == [str(i + 1) for i in range(len(failures))]
+        assert r.stream().endswith("\n[0, 1, 2, 3]\n"), (r.ename, r.evalue)
+        table = k.execute("c = nbdurable.children().set_index('key')\n"
+                          "print(c.attempts.to_dict(), c.status.unique().tolist())").stream()
+        assert table == ("{'map#0[0]': 1, 'map#0[1]': 1, 'map#0[2]': 3, 'map#0[3]': 1} "
+                         "['completed']\n")
 
 
 def test_an_edited_function_or_item_reruns_exactly_its_children(tmp_path):
@@ -156,6 +166,27 @@ def test_an_edited_function_or_item_reruns_exactly_its_children(tmp_path):
         k.execute(work_cell(tmp_path, 0, "return x * 3"))  # the function's code changed
         assert k.execute(fan + "\nprint(res)").stream().endswith("[3, 6, 90, 12]\n")
         assert runs_per_item(tmp_path) == Counter({"1": 2, "2": 2, "3": 1, "30": 2, "4": 2})
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_kill_mid_map_on_a_dask_cluster(tmp_path, processes):
+    client = ("import logging\nfrom distributed import Client, LocalCluster\n"
+              f"cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes={processes},"
+              " dashboard_address=None, silence_logs=logging.ERROR)\nclient = Client(cluster)")
+    fan = "%%durable fan\nres = nbdurable.map(work, range(40), executor=client)\nprint(sum(res))"
+    kill_during(tmp_path, fan, 15, client)
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        k.execute(work_cell(tmp_path))
+        k.execute(client)
+        r = k.execute(fan)
+        assert r.stream().strip().endswith(str(sum(2 * x for x in range(40)))), (r.ename, r.evalue)
+        k.execute("client.close(); cluster.close()")
+    after = runs_per_item(tmp_path)
+    assert set(after) == {str(x) for x in range(40)}
+    # in flight on Dask: the 2 running, the ones the workers had fetched ahead, and results
+    # finished but not yet back in the kernel
+    assert sum(n - 1 for n in after.values()) <= 8, after
 
 
 def test_large_array_results_are_restored_without_running_again(tmp_path):
@@ -175,7 +206,7 @@ def test_large_array_results_are_restored_without_running_again(tmp_path):
         k.execute(LOAD)
         k.execute(cell)
         r = k.execute(fan)
-        assert r.stream() == f"[0.0, 1250000.0, 2500000.0] {10_000_000}\n", (r.ename, r.evalue)
+        assert r.stream().endswith(f"\n[0.0, 1250000.0, 2500000.0] {10_000_000}\n"), r.ename
     assert sum(runs_per_item(tmp_path).values()) == 3, "restored, not run again"
 
 
@@ -290,3 +321,102 @@ def test_bad_arguments_are_usage_errors(no_log):
         nbdurable.map(triple, [1], executor="gpu")
     with pytest.raises(UsageError, match="two children have the key"):
         nbdurable.map(triple, [1, 1], key=lambda item: item)
+
+
+# -- child notebooks ----------------------------------------------------------------------------
+
+def child_notebook(path: Path, effects: Path, *cells: str) -> Path:
+    """A child notebook: a parameters cell (``n``), the extension, then ``cells``; each cell
+    may append to ``effects`` through ``effect(text)``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell("n = 0")
+    params.metadata["tags"] = ["parameters"]
+    setup = ("%load_ext nbdurable\nimport os, nbdurable\n"
+             f"def effect(text):\n    with open({str(effects)!r}, 'a') as f:\n"
+             "        f.write(text + '\\n')")
+    nb.cells = [params, nbformat.v4.new_code_cell(setup),
+                *(nbformat.v4.new_code_cell(c) for c in cells)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_spawn_notebook_children_one_crashing_once(tmp_path):
+    effects, marker = tmp_path / "effects", tmp_path / "crashed-once"
+    child = child_notebook(
+        tmp_path / "child.ipynb", effects,
+        f"%%durable work\neffect(f'work {{n}}')\nif n == 2 and not os.path.exists({str(marker)!r}):"
+        f"\n    open({str(marker)!r}, 'w').close()\n    os.kill(os.getpid(), 9)\n"
+        "square = nbdurable.map(lambda v: v * v, [n])[0]  # a child with children of its own\n"
+        "nbdurable.set_result({'n': n, 'square': square})")
+    fan = (f"%%durable fan\nkids = [nbdurable.spawn_notebook({str(child)!r}, {{'n': i}}) "
+           "for i in range(3)]\nresults = [k.result() for k in kids]\n"
+           "print(results)\nprint([k.run_id for k in kids])\nprint([k.output_path for k in kids])")
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD + "\nimport nbdurable")
+        r = k.execute(fan)
+        assert r.status == "ok", (r.ename, r.evalue)
+        results, run_ids, outputs = r.stream().splitlines()[-3:]
+        assert eval(results) == [{"n": i, "square": i * i} for i in range(3)]
+        assert eval(run_ids) == [f"test-run:notebook#{i}" for i in range(3)]
+        table = k.execute("r = nbdurable.runs().set_index('run')\n"
+                          "print(r.loc[[f'test-run:notebook#{i}' for i in range(3)], "
+                          "'status'].tolist())").stream()
+        assert table == "['completed', 'completed', 'completed']\n"
+        # --force runs the child again: its run resumes, so its completed cell replays
+        again = k.execute("%%durable fan --force\nprint(nbdurable.spawn_notebook("
+                          f"{str(child)!r}, {{'n': 1}}, key='notebook#1').result())")
+        assert again.stream().endswith("{'n': 1, 'square': 1}\n"), (again.ename, again.evalue)
+    assert sorted(effects.read_text().splitlines()) == ["work 0", "work 1", "work 2", "work 2"]
+    import nbformat
+
+    for i, out in enumerate(eval(outputs)):
+        nb = nbformat.read(out, as_version=4)
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert not errors and nb.metadata.papermill.parameters == {"n": i}
+        assert nb.metadata.nbdurable.status == "completed"
+        assert nb.metadata.nbdurable.restarts == (1 if i == 2 else 0)  # the crash is told
+        if i == 2:
+            assert "kernel died" in json.dumps(nb.cells[-1].get("outputs", []))
+
+
+def test_a_killed_parent_resumes_its_child_notebooks_which_wait_for_events(tmp_path):
+    effects = tmp_path / "effects"
+    child = child_notebook(
+        tmp_path / "waiter.ipynb", effects,
+        "%%durable prepare\neffect(f'prepare {n}')",
+        "%%durable approve\nanswer = nbdurable.wait_for_event('go')\neffect(f'approved {n}')\n"
+        "nbdurable.set_result(answer)")
+    fan = (f"%%durable fan\nkids = [nbdurable.spawn_notebook({str(child)!r}, {{'n': i}}) "
+           "for i in range(2)]\nprint([k.result() for k in kids])")
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD + "\nimport nbdurable")
+        k.send(fan)
+        wait_for_lines(effects, 2)  # both children prepared, now waiting for their event
+        k.sigkill()
+    for i in range(2):
+        nbdurable.push_event("go", f"yes {i}", run=f"test-run:notebook#{i}",
+                             log=tmp_path / "log.duckdb")
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD + "\nimport nbdurable")
+        r = k.execute(fan)
+        assert r.stream().endswith("['yes 0', 'yes 1']\n"), (r.ename, r.evalue)
+    assert sorted(effects.read_text().splitlines()) == [
+        "approved 0", "approved 1", "prepare 0", "prepare 1"]  # prepare not repeated
+
+
+def test_a_batch_run_shows_progress_as_text(tmp_path):
+    nb = child_notebook(tmp_path / "fan.ipynb", tmp_path / "effects",
+                        "%%durable fan\nres = nbdurable.map(abs, range(-6, 0))\nprint(res)")
+    result = nbdurable.run(nb, run_id="batch-fan", log=tmp_path / "log.duckdb")
+    assert result.status == "completed", result.message()
+    import nbformat
+
+    outputs = nbformat.read(result.output, as_version=4).cells[-1].outputs
+    text = "".join(o.get("text", "") for o in outputs)
+    assert re.search(r"map#0: 6/6 done \(0 reused\) in [\d.]+ s\n\[6, 5, 4, 3, 2, 1\]", text), text
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                   for o in outputs)

@@ -146,10 +146,11 @@ def test_no_import_cycle():
 #: docs/architecture.md; update both when adding one.
 PROCESS_WIDE = {
     "nbdurable": {"_LAZY"},
+    "nbdurable.batch.children": {"_DRIVERS"},
     "nbdurable.batch.papermill_engine": {"_ENGINE"},
     "nbdurable.engine.cells": {"_PREVIOUS"},
     "nbdurable.engine.context": {"_current", "_process_current"},
-    "nbdurable.engine.children": {"_outside_keys"},
+    "nbdurable.engine.children": {"_outside_keys", "_progress_ui"},
     "nbdurable.engine.executors": {"_LOCAL_POOL", "_THREADS"},
     "nbdurable.engine.history": {"CHILDREN_COLUMNS", "RUNS_COLUMNS"},
     "nbdurable.engine.serializer": {"MOVED_MODULES", "_HEADER", "_LEN", "_MAIN_REF", "_class_ids",

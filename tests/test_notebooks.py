@@ -93,3 +93,35 @@ def test_batch_notebook_resumes_after_its_kernel_dies(tmp_path):
     text = "".join(o.get("text", "") for c in report.cells for o in c.get("outputs", []))
     assert "fetched 9 rows for eu,us,asia" in text
     assert "report for 2026-11-25 published: 1053 orders across 3 regions" in text
+
+
+def test_fanout_notebook_resumes_a_killed_map(tmp_path):
+    """notebooks/04-fanout.ipynb: the kernel is SIGKILLed while its map runs; Run All in a new
+    kernel finishes the map without calling again the LLM for the documents already done."""
+    import os
+
+    from kernels import Kernel, count, wait_for_file
+
+    nb = nbformat.read(ROOT / "notebooks" / "04-fanout.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    calls = tmp_path / "llm_calls.log"
+    with Kernel(tmp_path) as k:
+        for source in code[:2]:
+            assert k.execute(source).status == "ok"
+        k.send(code[2])  # the map
+        wait_for_file(calls)
+        deadline = time.monotonic() + 60
+        while count(calls) < 12:
+            assert time.monotonic() < deadline, "the map made no progress"
+            time.sleep(0.01)
+        k.sigkill()
+    before = count(calls)
+    assert before < 40
+    done = run_notebook(nb, tmp_path)
+    text = ["".join(o.get("text", "") for o in c.get("outputs", [])) for c in done.cells
+            if c.cell_type == "code"]
+    assert "40 summaries; summary of document-00" in text[2]
+    assert "10 summaries on Dask" in text[5]
+    reruns = count(calls) - 40 - 10
+    assert 0 <= reruns <= 2 * (os.cpu_count() or 2), (before, count(calls))
+    assert f"{40 + reruns} LLM calls for 40 documents" in text[3]

@@ -89,6 +89,7 @@ class Job:
     def kernel_env(self) -> dict[str, str]:
         return {"NBDURABLE_RUN": self.run, "NBDURABLE_LOG": str(self.log_path),
                 "JPY_SESSION_NAME": self.notebook,
+                "NBDURABLE_PROGRESS": "text",  # children's progress as lines, not a widget
                 # sets of strings then encode (and fingerprint) the same in every kernel
                 "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
 

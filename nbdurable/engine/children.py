@@ -18,6 +18,7 @@ not account for.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import itertools
 import queue
@@ -30,6 +31,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from nbdurable.engine import context, executors, serializer, values
+from nbdurable.engine.context import LogArg
 from nbdurable.engine.fingerprint import call_fingerprint, fingerprint
 from nbdurable.engine.worker import Outcome
 from nbdurable.errors import (
@@ -44,6 +46,9 @@ from nbdurable.store import children as store, records
 from nbdurable.store.schema import Status
 
 _BACKOFF_FIRST, _BACKOFF_CAP = 0.5, 30.0  # seconds before retry 1, doubling up to the cap
+#: How long the recorder lets results gather before one journal sync for all of them: fewer
+#: syncs and thread switches (a kernel's Dask client loop shares the GIL with the recorder).
+_RECORD_WINDOW = 0.005
 _TRACEBACK_LIMIT = 20_000  # characters of a child's traceback kept in the log
 
 
@@ -62,6 +67,8 @@ class Child:
         self._failure: ChildError | None = None
         self._seen = False
         self._waiters: list[threading.Event] = []  # as_completed() waiting on this child
+        self.run_id: str | None = None  # a child notebook's run (spawn_notebook)
+        self.output_path: str | None = None  # a child notebook's output notebook
 
     def __repr__(self) -> str:
         state = "reused" if self.reused else "done" if self.done() else "pending"
@@ -191,16 +198,18 @@ class _Family:
                     break
                 ready.append(self._waiting.popleft())
                 running += 1
-        for child in ready:
-            self._submit(child)
+        for group in _batches(ready):
+            self._submit(group)
 
-    def _submit(self, child: Child) -> None:
-        fn, args, kwargs = child._call
-        future = child._runner.submit(fn, args, kwargs)
+    def _submit(self, group: list[Child]) -> None:
+        """Submit children of one function and runner (a map's: one batch)."""
+        fn, runner = group[0]._call[0], group[0]._runner
+        futures = runner.submit_many(fn, [(c._call[1], c._call[2]) for c in group])
         with self._lock:
-            self._live[child] = future
+            self._live.update(zip(group, futures, strict=True))
         self._ensure_thread()
-        future.add_done_callback(functools.partial(self._arrived, child))
+        for child, future in zip(group, futures, strict=True):
+            future.add_done_callback(functools.partial(self._arrived, child))
 
     def _arrived(self, child: Child, future: Future[Any]) -> None:
         self._finished.put((child, future))
@@ -218,6 +227,7 @@ class _Family:
             item = self._finished.get()
             if item is None:
                 return
+            time.sleep(_RECORD_WINDOW)  # let neighbours finish: one sync, one wake-up for all
             batch = [item]
             while True:  # everything that finished meanwhile: one journal sync for all
                 try:
@@ -298,7 +308,7 @@ class _Family:
     def _retry(self, child: Child) -> None:
         if not self.closed:
             try:
-                self._submit(child)
+                self._submit([child])
             except Exception as exc:  # the executor is gone: the child fails with that
                 self._finished.put((child, _failed_future(exc)))
 
@@ -351,10 +361,93 @@ class _Family:
         self._finished.put(None)
 
 
+def _batches(children: list[Child]) -> list[list[Child]]:
+    """Runs of consecutive children with the same function and runner."""
+    groups: list[list[Child]] = []
+    for child in children:
+        last = groups[-1][0] if groups else None
+        if last is not None and last._call[0] is child._call[0] and last._runner is child._runner:
+            groups[-1].append(child)
+        else:
+            groups.append([child])
+    return groups
+
+
 def _failed_future(exc: BaseException) -> Future[Any]:
     future: Future[Any] = Future()
     future.set_exception(exc)
     return future
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+_PROGRESS_EVERY = 0.25  # seconds between two looks at a map's children
+_TEXT_EVERY = 5.0  # seconds between two progress lines of the text display
+
+
+class Progress:
+    """The state of one map's children, counted when asked."""
+
+    def __init__(self, name: str, children: list[Child]):
+        self.name, self.children = name, children
+        self.started = time.monotonic()
+        #: in a durable cell: the final counts are printed, to be recorded and replayed
+        self.durable = context.current() is not None
+
+    def counts(self) -> dict[str, int]:
+        done = [c for c in self.children if c.done()]
+        return {"total": len(self.children), "reused": sum(c.reused for c in done),
+                "failed": sum(c.failed for c in done),
+                "completed": sum(not c.failed and not c.reused for c in done),
+                "running": len(self.children) - len(done)}
+
+    def finished(self) -> bool:
+        return all(c.done() for c in self.children)
+
+    def line(self) -> str:
+        """``map#0: 37/60 done (20 reused), 1 failed, 23 running, 12 s, ETA 8 s``."""
+        n = self.counts()
+        done = n["completed"] + n["reused"] + n["failed"]
+        elapsed = time.monotonic() - self.started
+        text = f"{self.name}: {done}/{n['total']} done ({n['reused']} reused)"
+        text += f", {n['failed']} failed" if n["failed"] else ""
+        if n["running"]:
+            text += f", {n['running']} running, {elapsed:.0f} s"
+            ran = n["completed"] + n["failed"]
+            if ran:
+                text += f", ETA {elapsed / ran * n['running']:.0f} s"
+        else:
+            text += f" in {elapsed:.1f} s"
+        return text
+
+
+class TextProgress:
+    """Progress as text lines (batch runs, plain Python): one every few seconds while the
+    children run, and the final counts, which a durable cell records with its outputs so that
+    its replay shows them again."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self._last = time.monotonic()
+
+    def update(self) -> None:
+        if time.monotonic() - self._last >= _TEXT_EVERY and not self.progress.finished():
+            self._last = time.monotonic()
+            print(self.progress.line(), flush=True)
+
+    def close(self) -> None:
+        if self.progress.durable:  # outside a durable cell nobody needs the record
+            print(self.progress.line(), flush=True)
+
+
+#: The display of a map's progress; the IPython adapter plugs a live bar in (set_progress_ui).
+_progress_ui: Callable[[Progress], Any] | None = None
+
+
+def set_progress_ui(factory: Callable[[Progress], Any] | None) -> None:
+    """``factory(progress)`` returns an object with ``update()`` and ``close()``; None: text."""
+    global _progress_ui
+    _progress_ui = factory
 
 
 # -- the family of the code running now --------------------------------------------------------
@@ -363,7 +456,8 @@ def _failed_future(exc: BaseException) -> Future[Any]:
 _outside_keys = itertools.count()
 
 
-def _family() -> _Family:
+def current_family() -> _Family:
+    """The children of the durable step running now (outside one: a family without a log)."""
     ctx = context.current()
     if ctx is None:
         return _Family(None, _outside_keys)
@@ -409,7 +503,7 @@ def spawn(fn: Callable[..., Any], *args: Any, executor: object = None, retries: 
     _check(fn, retries, "spawn")
     if key is not None and (not isinstance(key, str) or not key):
         raise UsageError(f"key must be a non-empty string, got {key!r}")
-    family = _family()
+    family = current_family()
     runner = executors.resolve(executor)
     key = key or family.next_key("spawn")
     family.claim(key)
@@ -435,16 +529,53 @@ def map(fn: Callable[..., Any], items: Iterable[Any], *, executor: object = None
     _check(fn, retries, "map")
     if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
         raise UsageError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
-    family = _family()
+    family = current_family()
     runner = executors.resolve(executor)
     children = _map_children(family, fn, builtins.list(items), key, retries, runner)
     family.start(children, max_workers)
-    for child in children:  # all of them first: a failure is raised once the others are
-        child._wait()       # recorded, so re-running the cell runs only the failed ones
-    failed = [c for c in children if c.failed]
+    _wait_all(children, _group(children))  # all of them first: a failure is raised once the
+    failed = [c for c in children if c.failed]  # others are recorded, so re-running the cell
+    #                                             runs only the failed ones
     if failed:
         raise _map_error(failed, len(children))
     return [c.result() for c in children]
+
+
+def _group(children: list[Child]) -> str:
+    return children[0].key.split("[", 1)[0] if children else "map"
+
+
+def _wait_all(children: list[Child], name: str) -> None:
+    """Until every child is done, showing progress (Kernel → Interrupt stops them)."""
+    if not children:
+        return
+    progress = Progress(name, children)
+    ui = (_progress_ui or TextProgress)(progress)
+    try:
+        with _watching(children) as woke:
+            while not progress.finished():
+                woke.wait(_PROGRESS_EVERY)
+                woke.clear()
+                ui.update()
+    finally:
+        ui.close()
+
+
+@contextlib.contextmanager
+def _watching(children: list[Child]) -> Iterator[threading.Event]:
+    """An event set whenever one of ``children`` finishes; Kernel → Interrupt while waiting on
+    it stops their family's children."""
+    woke = threading.Event()
+    for child in children:
+        child._waiters.append(woke)
+    try:
+        yield woke
+    except KeyboardInterrupt:
+        children[0]._family.interrupt()
+        raise
+    finally:
+        for child in children:
+            child._waiters.remove(woke)
 
 
 def _map_error(failed: list[Child], total: int) -> ChildError:
@@ -496,15 +627,32 @@ def as_completed(children: Iterable[Child], timeout: float | None = None) -> Ite
 
 def _wait_any(pending: list[Child], timeout: float | None) -> None:
     """Block until one of ``pending`` is done (or ``timeout``)."""
-    woke = threading.Event()
-    for child in pending:
-        child._waiters.append(woke)
-    try:
+    with _watching(pending) as woke:
         if not any(c.done() for c in pending):  # one may have finished meanwhile
             woke.wait(timeout)
-    except KeyboardInterrupt:
-        pending[0]._family.interrupt()
-        raise
-    finally:
-        for child in pending:
-            child._waiters.remove(woke)
+
+
+# -- child runs: what a child notebook returns ---------------------------------------------------
+
+def set_result(value: Any, *, run: str | None = None, log: LogArg = None) -> None:
+    """In a child notebook (``spawn_notebook``): record ``value`` as what its parent's handle
+    ``.result()`` returns. The latest call wins; a value that cannot be stored is a
+    :class:`UsageError`."""
+    db, run = context.locate(run, log)
+    try:
+        packed = serializer.pack(value, main_globals=context.main_namespace())
+    except serializer.Unstorable as exc:
+        raise UsageError(f"set_result() got a value nbdurable cannot store ({exc.reason}); "
+                         "return something picklable (numbers, text, lists, dicts, arrays, "
+                         "DataFrames)") from None
+    ref = values.store_packed(db.blobs, packed)
+    db.execute(*records.combine_rows([store.run_result(run, ref)]), announce=False)
+
+
+def run_result(run: str, *, log: LogArg = None) -> Any:
+    """What run ``run`` set with :func:`set_result` (None if it set nothing)."""
+    db = context.resolve_log(log)
+    found, ref = store.result_of(db, run)
+    if not found or ref is None:
+        return None
+    return values.load_value(db, ref, context.main_namespace())

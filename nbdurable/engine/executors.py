@@ -14,6 +14,8 @@ local pool) is resolved here into a :class:`Runner`: submit one child attempt, g
   interrupt only cancels children not started).
 - a ``ThreadPoolExecutor``: like ``"threads"``; any other ``concurrent.futures.Executor``: calls
   travel cloudpickled, as to a process pool.
+- a ``dask.distributed.Client`` (``pip install 'nbdurable[dask]'``): each child is a Dask task;
+  create the client in a plain cell (a client cannot be stored in a checkpoint).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
+import traceback
 from concurrent.futures import (
     BrokenExecutor,
     CancelledError,
@@ -30,24 +34,39 @@ from concurrent.futures import (
     ThreadPoolExecutor,
 )
 from contextlib import suppress
-from typing import Any, Protocol
+from typing import Any
 
 from nbdurable import processes, settings
 from nbdurable.engine import worker
 from nbdurable.engine.worker import Outcome
 from nbdurable.errors import UsageError
 
+Call = tuple[tuple[Any, ...], dict[str, Any]]  # the arguments of one child: args, kwargs
 
-class Runner(Protocol):
+
+class Runner:
     """One way to run children."""
 
-    name: str
+    name = "runner"
 
-    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]: ...
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        raise NotImplementedError
 
-    def outcome(self, future: Future[Any]) -> Outcome: ...
+    def submit_many(self, fn: Any, calls: list[Call]) -> list[Future[Any]]:
+        """Several children of one function (a map's): one batch where the executor has one."""
+        return [self.submit(fn, args, kwargs) for args, kwargs in calls]
 
-    def interrupt(self) -> None: ...
+    def outcome(self, future: Future[Any]) -> Outcome:
+        """How the attempt behind ``future`` ended; never raises."""
+        try:
+            result: Outcome = future.result()
+        except BaseException as exc:
+            return _failed(exc)
+        return result
+
+    def interrupt(self) -> None:
+        """Stop what runs now, where this executor can (children not started are cancelled
+        by the caller)."""
 
 
 def resolve(executor: object = None) -> Runner:
@@ -58,12 +77,20 @@ def resolve(executor: object = None) -> Runner:
         return _LOCAL_POOL
     if executor == "threads":
         return _THREADS
+    if _is_dask_client(executor):
+        return _Dask(executor)
     if isinstance(executor, ThreadPoolExecutor):
         return _InProcess(executor)
     if isinstance(executor, Executor):
         return _Packed(executor)
-    raise UsageError(f"executor must be 'processes', 'threads' or a concurrent.futures.Executor, "
-                     f"got {type(executor).__name__}")
+    raise UsageError(f"executor must be 'processes', 'threads', a concurrent.futures.Executor or "
+                     f"a dask.distributed.Client, got {type(executor).__name__}")
+
+
+def _is_dask_client(executor: object) -> bool:
+    """Without importing distributed (0.5 s) unless the caller already did."""
+    cls = type(executor)
+    return cls.__module__.startswith("distributed.") and cls.__name__ == "Client"
 
 
 def _failed(exc: BaseException) -> Outcome:
@@ -76,7 +103,7 @@ def _failed(exc: BaseException) -> Outcome:
     return Outcome(False, None, type(exc).__name__, str(exc))
 
 
-class _InProcess:
+class _InProcess(Runner):
     """Children as threads of this process: called directly, nothing pickled."""
 
     name = "threads"
@@ -95,18 +122,8 @@ class _InProcess:
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         return self._pool().submit(worker.call, fn, args, kwargs)
 
-    def outcome(self, future: Future[Any]) -> Outcome:
-        try:
-            result: Outcome = future.result()
-        except BaseException as exc:
-            return _failed(exc)
-        return result
 
-    def interrupt(self) -> None:
-        """Threads cannot be stopped: children not started are cancelled by the caller."""
-
-
-class _Packed:
+class _Packed(Runner):
     """Children sent cloudpickled to an executor (processes, or one of unknown kind)."""
 
     name = "executor"
@@ -125,9 +142,6 @@ class _Packed:
             return worker.unpack(future.result())
         except BaseException as exc:
             return _failed(exc)
-
-    def interrupt(self) -> None:
-        """Not ours to stop: children not started are cancelled by the caller."""
 
 
 class _LocalPool(_Packed):
@@ -170,6 +184,86 @@ class _LocalPool(_Packed):
                 process.kill()
         with suppress(Exception):
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Dask(Runner):
+    """Children as Dask tasks: ``client.map`` / ``client.submit(..., pure=False)``. Dask ships
+    the function (cloudpickle) and the result; its workers need the notebook's libraries, not
+    nbdurable, and never the log. One thread follows every task with Dask's own
+    ``as_completed`` (results fetched in batches) and completes a ``concurrent.futures``
+    future per task; a failed task's exception and traceback come with it (a dead worker:
+    ``KilledWorker``)."""
+
+    name = "dask"
+
+    def __init__(self, client: Any):
+        self.client = client
+        self._bridges: dict[Any, tuple[Future[Any], float]] = {}  # Dask future -> bridge
+        self._completed: Any = None  # distributed.as_completed while tasks are pending
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        return self._bridge([self.client.submit(fn, *args, pure=False, **kwargs)])[0]
+
+    def submit_many(self, fn: Any, calls: list[Call]) -> list[Future[Any]]:
+        """A map's children in one ``client.map`` (one message to the scheduler)."""
+        if len(calls) < 2 or any(len(args) != 1 or kwargs for args, kwargs in calls):
+            return super().submit_many(fn, calls)
+        return self._bridge(self.client.map(fn, [args[0] for args, _ in calls], pure=False))
+
+    def _bridge(self, tasks: list[Any]) -> list[Future[Any]]:
+        from distributed import as_completed
+
+        started = time.perf_counter()
+        bridges: list[Future[Any]] = [Future() for _ in tasks]
+        with self._lock:
+            for task, bridge in zip(tasks, bridges, strict=True):
+                bridge.set_running_or_notify_cancel()
+                self._bridges[task] = (bridge, started)
+            if self._completed is None:
+                self._completed = as_completed(  # type: ignore[no-untyped-call]
+                    tasks, with_results=True, raise_errors=False)
+                threading.Thread(target=self._follow, args=(self._completed,), daemon=True,
+                                 name="nbdurable-dask").start()
+            else:
+                self._completed.update(tasks)
+        return bridges
+
+    def _follow(self, completed: Any) -> None:
+        while True:
+            for task, result in completed:
+                self._arrived(task, result)
+            with self._lock:
+                if completed.is_empty():  # nothing was added since the loop ended
+                    self._completed = None
+                    return
+
+    def _arrived(self, task: Any, result: Any) -> None:
+        with self._lock:
+            bridge, started = self._bridges.pop(task, (None, 0.0))
+        if bridge is None:
+            return
+        try:
+            outcome = self._outcome(task, result, time.perf_counter() - started)
+        except BaseException as exc:  # the client closed, a cancelled task...
+            outcome = _failed(exc)
+        bridge.set_result(outcome)
+
+    @staticmethod
+    def _outcome(task: Any, result: Any, duration: float) -> Outcome:
+        if task.status == "finished":
+            return Outcome(True, result, duration_s=duration)
+        exc = result if isinstance(result, BaseException) else task.exception()
+        text = "".join(traceback.format_exception(type(exc), exc, task.traceback()))
+        return Outcome(False, None, type(exc).__name__, str(exc), text, exc, duration)
+
+    def interrupt(self) -> None:
+        """Cancel the tasks still pending or running."""
+        with self._lock:
+            tasks = list(self._bridges)
+        if tasks:
+            with suppress(Exception):
+                self.client.cancel(tasks)
 
 
 _LOCAL_POOL = _LocalPool()

@@ -157,6 +157,11 @@ class RunLog:
                          + (f" — {s['error']}" if s["error"] else ""))
             for w in s["waits"]:
                 lines.append(f"    {w['wait']} {w['waiting_for']}: {w['outcome']}")
+            for g in s.get("children", []):
+                lines.append(f"    {g['group']}: {g['children']} children, {g['completed']} "
+                             f"completed ({g['reused']} reused), {g['failed']} failed"
+                             + (f", {g['interrupted']} interrupted" if g["interrupted"] else "")
+                             + f"; {g['attempts']} attempts")
         for e in self.events:
             by = f" by {e['consumed_by']}" if e["consumed_by"] else ""
             at = f"{e['pushed_at']:%Y-%m-%d %H:%M:%S}"
@@ -183,9 +188,36 @@ def log(run: str | None = None, *, log: LogArg = None) -> RunLog:
         resets = records.run_resets(con, run)
         summary = next(row for row in _run_table(con, db, events) if row["run"] == run)
     pushed = list_events(run, log=db).to_dict("records")
+    steps = _steps(attempts, replays, _waits(waits), resets)
+    _add_children(steps, child_records.load_run(db, run))
     return RunLog(run, summary["status"], summary["notebook"],
                   json.loads(summary["parameters"]) if summary["parameters"] else None,
-                  _steps(attempts, replays, _waits(waits), resets), pushed)
+                  steps, pushed)
+
+
+def _add_children(steps: list[dict[str, Any]], kids: list[child_records.ChildRecord]) -> None:
+    """Per step, per map / spawn group: children, completed, failed, interrupted, reused
+    (completed by an earlier attempt of the step than its latest), attempts."""
+    latest: dict[tuple[str, str], child_records.ChildRecord] = {}
+    attempts: dict[tuple[str, str], int] = {}
+    for r in kids:
+        latest[r.step, r.key] = r
+        attempts[r.step, r.key] = attempts.get((r.step, r.key), 0) + 1
+    last_attempt = {s["step"]: s.get("last_attempt", 0) for s in steps}
+    for s in steps:
+        groups: dict[str, dict[str, Any]] = {}
+        for (step, key), r in latest.items():
+            if step != s["step"]:
+                continue
+            g = groups.setdefault(key.split("[", 1)[0], {
+                "group": key.split("[", 1)[0], "children": 0, "completed": 0, "failed": 0,
+                "interrupted": 0, "reused": 0, "attempts": 0})
+            g["children"] += 1
+            g[str(r.status)] = g.get(str(r.status), 0) + 1
+            g["attempts"] += attempts[step, key]
+            g["reused"] += r.status == schema.Status.COMPLETED and \
+                r.attempt < last_attempt.get(step, 0)
+        s["children"] = list(groups.values())
 
 
 def _steps(attempts: list[queries.AttemptLine], replays: dict[str, tuple[int, datetime]],
@@ -197,7 +229,8 @@ def _steps(attempts: list[queries.AttemptLine], replays: dict[str, tuple[int, da
         if number <= resets.get(step, 0):
             status = "reset"  # voided by `nbdurable reset`: executes when next reached
         s.update(attempts=s["attempts"] + 1, status=status, duration_s=duration,
-                 started_at=started, error=f"{ename}: {evalue}" if ename else None)
+                 started_at=started, error=f"{ename}: {evalue}" if ename else None,
+                 last_attempt=number)
     for s in steps.values():
         n, replayed_at = replays.get(s["step"], (0, None))
         s["replays"] = n

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from nbdurable.store import journal, schema
-from nbdurable.store.records import Payloads, StoredRef, dumps, process_fields, stored_ref
+from nbdurable.store.records import Payloads, StoredRef, dumps, now, process_fields, stored_ref
 from nbdurable.store.schema import Kind, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,6 +79,25 @@ def _pending(con: Connection, db: LogDB, run: str) -> list[Row]:
     if wrote:
         db.announce_write()
     return pending
+
+
+def run_result(run: str, result: StoredRef) -> Row:
+    """The row of ``nbdurable.set_result`` in a child run: the latest one is its result."""
+    payloads = Payloads()
+    body = {"result": payloads.add(result), **process_fields()}
+    return [run, None, None, Kind.RUN_RESULT, now(), dumps(body), payloads.data()]
+
+
+def result_of(db: LogDB, run: str) -> tuple[bool, StoredRef | None]:
+    """(whether the run set a result, the stored result) — the latest ``run_result``."""
+    with db.lease() as con:
+        rows = con.execute("SELECT body, data FROM events WHERE run = ? AND kind = ? ORDER BY"
+                           " rowid DESC LIMIT 1", [run, Kind.RUN_RESULT]).fetchall()
+        rows += [(r[5], r[6]) for r in _pending(con, db, run) if r[3] == Kind.RUN_RESULT][-1:]
+    if not rows:
+        return False, None
+    body, data = rows[-1]
+    return True, stored_ref(json.loads(body).get("result"), data)
 
 
 _SELECT = ("SELECT run, step, attempt, ts, body, data FROM events WHERE run = ? AND kind = ?")

@@ -80,6 +80,7 @@ _INSERT_MISSING = (f"INSERT INTO events SELECT r.* EXCLUDE (seq) FROM temp.{_STA
 _STAGE_CHUNK = 256  # rows per staging statement (7 parameters each)
 _DRAIN_TIMEOUT = 10.0
 _BATCH_WINDOW = 0.05  # seconds the writer waits for more attempts to insert together
+_BUSY_INTERVAL = 0.5  # while events keep coming, at most one insert per this many seconds
 _RETRY_FIRST, _RETRY_CAP = 0.2, 10.0  # backoff of a batch that did not reach the log
 _KINDS = frozenset(schema.Kind)
 
@@ -174,6 +175,7 @@ class Journal:
         self._unsent: dict[tuple[Any, ...], Row] = {}  # rows appended but not submitted yet
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()  # close() was called: insert what is left now
         self._stalled: str | None = None  # why the last insert failed, until one succeeds
         self._told = False
         atexit.register(self.close)
@@ -207,6 +209,7 @@ class Journal:
                 self._unsent.pop(_identity(row), None)
         self._queue.put((rows, upto))
         if self._thread is None or not self._thread.is_alive():
+            self._closing.clear()
             self._thread = threading.Thread(target=self._run, name="nbdurable-journal",
                                             daemon=True)
             self._thread.start()
@@ -233,19 +236,23 @@ class Journal:
 
     def _run(self) -> None:
         pending: list[tuple[list[Row], int]] = []
-        retry, stop = 0.0, False
+        retry, stop, last = 0.0, False, -_BUSY_INTERVAL
         while not stop:
             if not pending:
                 item = self._queue.get()
                 if item is None:
                     return
                 pending.append(item)
-                time.sleep(_BATCH_WINDOW)  # a burst of cells (Run All) becomes one statement
+                # a burst (Run All) becomes one statement; a stream (children finishing)
+                # one statement per _BUSY_INTERVAL: each costs an attach, a checkpoint and
+                # the GIL the kernel's other threads need
+                self._closing.wait(max(_BATCH_WINDOW, last + _BUSY_INTERVAL - time.monotonic()))
             stop = self._take(pending, timeout=retry)
             if self._insert(pending, again=retry > 0):
                 self._mark_applied(pending[-1][1])
                 pending.clear()
                 retry, self._stalled, self._told = 0.0, None, False
+                last = time.monotonic()
             else:
                 retry = min(_RETRY_CAP, retry * 2 or _RETRY_FIRST)
 
@@ -290,6 +297,7 @@ class Journal:
         if self.pid != os.getpid():
             return
         if self._thread is not None and self._thread.is_alive():
+            self._closing.set()
             self._queue.put(None)
             self._thread.join(_DRAIN_TIMEOUT)
         with self._lock:

@@ -39,6 +39,7 @@ class Kind(StrEnum):
     STEP_RESET = "step_reset"  # nbdurable reset: the step's checkpoints up to `attempt` are void
     VALUE_TRUSTED = "value_trusted"  # nbdurable trust: a stored value's HMAC under this user's key
     CHILD_FINISHED = "child_finished"  # one attempt of a child of map/spawn ended (any outcome)
+    RUN_RESULT = "run_result"  # nbdurable.set_result: what a child run returns to its parent
 
 
 class Status(StrEnum):
