@@ -420,3 +420,74 @@ def test_a_batch_run_shows_progress_as_text(tmp_path):
     assert re.search(r"map#0: 6/6 done \(0 reused\) in [\d.]+ s\n\[6, 5, 4, 3, 2, 1\]", text), text
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                    for o in outputs)
+
+
+# -- a child's own @step calls and once ----------------------------------------------------------
+
+NESTED = """import os, nbdurable
+EFFECTS, MARK = {effects!r}, {mark!r}
+def effect(text):
+    with open(EFFECTS, 'a') as f:
+        f.write(text + '\\n')
+@nbdurable.step
+def fetch(x):
+    effect(f'fetch {{x}}')
+    return x * 10
+def work(x):
+    effect(f'work {{x}}')
+    value = fetch(x)
+    if x == 1 and not os.path.exists(MARK):
+        open(MARK, 'w').close()
+        raise RuntimeError('post-processing failed')
+    return value + 1
+"""
+
+
+@pytest.mark.parametrize("executor", ["processes", "threads"])
+def test_a_childs_own_steps_are_recorded_and_reused_by_its_next_attempt(tmp_path, executor):
+    effects = tmp_path / "effects"
+    setup = NESTED.format(effects=str(effects), mark=str(tmp_path / "mark"))
+    fan = f"%%durable fan\nres = nbdurable.map(work, range(3), executor={executor!r})\nprint(res)"
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        k.execute(setup)
+        assert k.execute(fan).ename == "ChildError"  # x == 1 failed after its fetch
+    with Kernel(tmp_path) as k:  # a new kernel: the fetch comes back from the log
+        k.execute(LOAD)
+        k.execute(setup)
+        r = k.execute(fan)
+        assert r.stream().endswith("[1, 11, 21]\n"), (r.ename, r.evalue)
+        r = k.execute("%%durable again\nprint(nbdurable.map(work, [5, 1], retries=1, "
+                      f"executor={executor!r}, key='again'))")
+        assert r.stream().endswith("[51, 11]\n"), (r.ename, r.evalue)
+    assert Counter(effects.read_text().splitlines()) == Counter({
+        "work 0": 1, "work 1": 3, "work 2": 1, "fetch 0": 1, "fetch 1": 2, "fetch 2": 1,
+        "work 5": 1, "fetch 5": 1})
+
+
+def test_once_in_a_child_on_a_process_pool_is_refused(tmp_path):
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD + "\nimport nbdurable\ndef pay(x):\n"
+                  "    return nbdurable.once(f'pay {x}', abs, x)")
+        r = k.execute("%%durable fan\nnbdurable.map(pay, [-1])")
+        assert r.ename == "ChildError" and "workers never open the log" in r.evalue
+        r = k.execute("%%durable fan\nprint(nbdurable.map(pay, [-1, -2], executor='threads'))")
+        assert r.stream().endswith("[1, 2]\n"), (r.ename, r.evalue)  # threads: in the kernel
+        r = k.execute("print(nbdurable.once('pay -1', abs, -7))")
+        assert r.stream() == "1\n"  # recorded by the child: once per run
+
+
+def test_a_result_that_cannot_be_stored_is_returned_and_its_child_runs_again(tmp_path):
+    cell = work_cell(tmp_path, 0, "import threading\n    return threading.Lock()")
+    fan = ("%%durable fan\nlocks = nbdurable.map(work, [1, 2], executor='threads')\n"
+           "n = len(locks)\ndel locks")
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD)
+        k.execute(cell)
+        r = k.execute(fan)
+        assert r.status == "ok" and "child map#0[0] returned a value nbdurable cannot store" \
+            in r.stream("stderr"), r.stream("stderr")
+        k.execute("y = 1")
+        r = k.execute(fan.replace("n = len", "m = y\nn = len"))  # edited: executes again
+        assert r.status == "ok"
+    assert runs_per_item(tmp_path) == Counter({"1": 2, "2": 2}), "not reused: not recorded"

@@ -157,7 +157,7 @@ PROCESS_WIDE = {
                                     "_load_namespace"},
     "nbdurable.engine.steps": {"F"},
     "nbdurable.engine.waits": {"_floors", "_ui"},
-    "nbdurable.engine.worker": {"_parent"},
+    "nbdurable.engine.worker": {"_parent", "_scope"},
     "nbdurable.ipython": {"__all__"},
     "nbdurable.ipython.extension": {"_runtimes"},
     "nbdurable.ipython.panel": {"_watched", "_watched_lock", "registry"},

@@ -21,6 +21,7 @@ import builtins
 import contextlib
 import functools
 import itertools
+import os
 import queue
 import threading
 import time
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from nbdurable.engine import context, executors, serializer, values
+from nbdurable.engine import context, executors, serializer, values, worker
 from nbdurable.engine.context import LogArg
 from nbdurable.engine.fingerprint import call_fingerprint, fingerprint
 from nbdurable.engine.worker import Outcome
@@ -67,6 +68,7 @@ class Child:
         self._failure: ChildError | None = None
         self._seen = False
         self._waiters: list[threading.Event] = []  # as_completed() waiting on this child
+        self._calls: dict[str, tuple[str, Any]] | None = None  # its own @step calls
         self.run_id: str | None = None  # a child notebook's run (spawn_notebook)
         self.output_path: str | None = None  # a child notebook's output notebook
 
@@ -90,6 +92,7 @@ class Child:
         elif not self._done.wait(timeout):
             raise TimeoutError(f"child {self.key} is not done after {timeout} s")
         self._seen = True
+        self._family.show_warnings()
         if self._failure is not None:
             raise self._failure
         return self._value
@@ -128,7 +131,7 @@ class _Family:
                  keys: Iterator[int] | None = None):
         self.ctx = ctx
         self._numbers = keys or itertools.count()  # of keys outside a durable cell
-        self._recorded: dict[str, list[store.ChildRecord]] | None = None
+        self._recorded: store.Recorded | None = None
         self._finished: queue.SimpleQueue[tuple[Child, Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -138,6 +141,7 @@ class _Family:
         self._limit: dict[Child, int | None] = {}
         self.closed = False
         self.children: list[Child] = []  # every child of this family, in the order created
+        self._warnings: list[str] = []  # of the recording thread, for the cell's thread
 
     # -- keys and records ---------------------------------------------------------------------
     def next_key(self, kind: str) -> str:
@@ -151,13 +155,31 @@ class _Family:
                              "distinct key")
         self._keys.add(key)
 
-    def recorded(self, key: str) -> list[store.ChildRecord]:
+    def _load(self) -> store.Recorded:
         ctx = self.ctx
         if ctx is None or ctx.force:
-            return []
+            return store.Recorded({}, {})
         if self._recorded is None:
             self._recorded = store.load(ctx.log, ctx.run, ctx.step, ctx.since)
-        return self._recorded.get(key, [])
+        return self._recorded
+
+    def recorded(self, key: str) -> list[store.ChildRecord]:
+        return self._load().children.get(key, [])
+
+    def _scope(self, child: Child) -> worker.Scope | None:
+        """The scope of a child's own @step calls, with their recorded results (inside a
+        durable cell; outside, they are plain calls)."""
+        if self.ctx is None:
+            return None
+        if child._calls is None:
+            child._calls = {}
+            for key, (fp, ref) in self._load().calls.get(child.key, {}).items():
+                if ref is None:
+                    continue
+                with contextlib.suppress(LogCorruptError):  # damaged: that call runs again
+                    child._calls[key] = (fp, values.load_value(self.ctx.log, ref,
+                                                               self.ctx.namespace))
+        return worker.Scope(child.key, dict(child._calls), os.getpid())
 
     # -- starting -----------------------------------------------------------------------------
     def start(self, children: Sequence[Child], max_workers: int | None = None) -> None:
@@ -204,7 +226,8 @@ class _Family:
     def _submit(self, group: list[Child]) -> None:
         """Submit children of one function and runner (a map's: one batch)."""
         fn, runner = group[0]._call[0], group[0]._runner
-        futures = runner.submit_many(fn, [(c._call[1], c._call[2]) for c in group])
+        futures = runner.submit_many(fn, [(c._call[1], c._call[2], self._scope(c))
+                                          for c in group])
         with self._lock:
             self._live.update(zip(group, futures, strict=True))
         self._ensure_thread()
@@ -250,10 +273,10 @@ class _Family:
             child.tries += 1
             retry = not outcome.ok and child.tries <= child.retries
             try:
-                rows += self._row(child, outcome)
+                rows += self._call_rows(child, outcome) + self._row(child, outcome)
             except Exception as exc:  # a result nbdurable cannot store or sign: not recorded
-                warnings.warn(f"child {child.key}: its outcome could not be recorded ({exc}); "
-                              "it will run again", UnstorableValueWarning, stacklevel=1)
+                self._warn(f"child {child.key}: its outcome could not be recorded ({exc}); "
+                           "it will run again")
             if retry:
                 self._retry_later(child)
             else:
@@ -276,9 +299,8 @@ class _Family:
                 result = values.store_packed(ctx.log.blobs, packed)
             except serializer.Unstorable as exc:
                 unstorable = exc.reason
-                warnings.warn(f"child {child.key} returned a value nbdurable cannot store "
-                              f"({exc.reason}); it will run again on re-execution",
-                              UnstorableValueWarning, stacklevel=1)
+                self._warn(f"child {child.key} returned a value nbdurable cannot store "
+                           f"({exc.reason}); it will run again on re-execution")
         error = None if outcome.ok else {**outcome.error(),
                                          "traceback": outcome.traceback[-_TRACEBACK_LIMIT:]}
         record = store.ChildRecord(
@@ -287,6 +309,26 @@ class _Family:
             records.now(), outcome.duration_s, result, error, unstorable)
         return [store.child_finished(record)]
 
+    def _call_rows(self, child: Child, outcome: Outcome) -> list[store.Row]:
+        """The child's own @step calls, recorded under ``<step>/<child key>`` (and kept for
+        its next attempt in this execution)."""
+        ctx = self.ctx
+        if ctx is None or not outcome.calls:
+            return []
+        rows = []
+        for key, fp, value in outcome.calls:
+            if child._calls is not None:
+                child._calls[key] = (fp, value)
+            try:
+                ref = values.store_packed(ctx.log.blobs, serializer.pack(
+                    value, main_globals=ctx.namespace))
+            except serializer.Unstorable:
+                continue  # that call runs again next time
+            rows.append(records.call_completed(
+                run=ctx.run, step=store.call_step(ctx.step, child.key), attempt=ctx.attempt,
+                key=key, fingerprint=fp, result=ref, started=records.now())[1])
+        return rows
+
     def _write(self, rows: list[store.Row]) -> None:
         if not rows or self.ctx is None or self.ctx.journal is None:
             return
@@ -294,10 +336,22 @@ class _Family:
         try:
             upto = journal.append(rows, sync=True)
         except CheckpointError as exc:
-            warnings.warn(f"children's results could not be recorded: {exc}",
-                          UnstorableValueWarning, stacklevel=1)
+            self._warn(f"children's results could not be recorded: {exc}")
             return
         journal.submit(rows, upto)
+
+    def _warn(self, text: str) -> None:
+        """A warning of the recording thread, shown by the cell's own thread (a warning
+        printed by another thread may land in no cell's output)."""
+        with self._lock:
+            self._warnings.append(text)
+
+    def show_warnings(self) -> None:
+        """In the cell's thread: the recording thread's warnings so far."""
+        with self._lock:
+            texts, self._warnings = self._warnings, []
+        for text in dict.fromkeys(texts):
+            warnings.warn(text, UnstorableValueWarning, stacklevel=3)
 
     def _retry_later(self, child: Child) -> None:
         delay = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (child.tries - 1))
@@ -321,6 +375,7 @@ class _Family:
         """Wait for every child; Kernel → Interrupt stops them (see :meth:`interrupt`)."""
         for child in self.pending():
             child._wait()
+        self.show_warnings()
         unseen = [c.key for c in self.children if c.failed and not c._seen]
         if unseen:
             warnings.warn(f"{len(unseen)} child(ren) of this cell failed and nobody asked for "
@@ -559,6 +614,7 @@ def _wait_all(children: list[Child], name: str) -> None:
                 ui.update()
     finally:
         ui.close()
+        children[0]._family.show_warnings()
 
 
 @contextlib.contextmanager

@@ -14,12 +14,14 @@ local pool) is resolved here into a :class:`Runner`: submit one child attempt, g
   interrupt only cancels children not started).
 - a ``ThreadPoolExecutor``: like ``"threads"``; any other ``concurrent.futures.Executor``: calls
   travel cloudpickled, as to a process pool.
-- a ``dask.distributed.Client`` (``pip install 'nbdurable[dask]'``): each child is a Dask task;
-  create the client in a plain cell (a client cannot be stored in a checkpoint).
+- a ``dask.distributed.Client`` (``pip install 'nbdurable[dask]'``): each child is a Dask task
+  running ``worker.call`` (so the workers need nbdurable installed, as the kernel's environment
+  has it); create the client in a plain cell (a client cannot be stored in a checkpoint).
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import threading
@@ -38,10 +40,11 @@ from typing import Any
 
 from nbdurable import processes, settings
 from nbdurable.engine import worker
-from nbdurable.engine.worker import Outcome
+from nbdurable.engine.worker import Outcome, Scope
 from nbdurable.errors import UsageError
 
-Call = tuple[tuple[Any, ...], dict[str, Any]]  # the arguments of one child: args, kwargs
+#: One child's call: args, kwargs, and the scope of its own @step calls.
+Call = tuple[tuple[Any, ...], dict[str, Any], "Scope | None"]
 
 
 class Runner:
@@ -49,12 +52,13 @@ class Runner:
 
     name = "runner"
 
-    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+               scope: Scope | None = None) -> Future[Any]:
         raise NotImplementedError
 
     def submit_many(self, fn: Any, calls: list[Call]) -> list[Future[Any]]:
         """Several children of one function (a map's): one batch where the executor has one."""
-        return [self.submit(fn, args, kwargs) for args, kwargs in calls]
+        return [self.submit(fn, args, kwargs, scope) for args, kwargs, scope in calls]
 
     def outcome(self, future: Future[Any]) -> Outcome:
         """How the attempt behind ``future`` ended; never raises."""
@@ -119,8 +123,9 @@ class _InProcess(Runner):
                                                     thread_name_prefix="nbdurable-child")
             return self._executor
 
-    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        return self._pool().submit(worker.call, fn, args, kwargs)
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+               scope: Scope | None = None) -> Future[Any]:
+        return self._pool().submit(worker.call, fn, args, kwargs, scope)
 
 
 class _Packed(Runner):
@@ -134,8 +139,9 @@ class _Packed(Runner):
     def pool(self) -> Executor:
         return self._executor
 
-    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        return self.pool().submit(worker.run_packed, worker.pack_call(fn, args, kwargs))
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+               scope: Scope | None = None) -> Future[Any]:
+        return self.pool().submit(worker.run_packed, worker.pack_call(fn, args, kwargs, scope))
 
     def outcome(self, future: Future[Any]) -> Outcome:
         try:
@@ -187,12 +193,12 @@ class _LocalPool(_Packed):
 
 
 class _Dask(Runner):
-    """Children as Dask tasks: ``client.map`` / ``client.submit(..., pure=False)``. Dask ships
-    the function (cloudpickle) and the result; its workers need the notebook's libraries, not
-    nbdurable, and never the log. One thread follows every task with Dask's own
-    ``as_completed`` (results fetched in batches) and completes a ``concurrent.futures``
-    future per task; a failed task's exception and traceback come with it (a dead worker:
-    ``KilledWorker``)."""
+    """Children as Dask tasks of ``worker.call`` (``client.map`` for a map, ``pure=False``):
+    Dask ships the function (cloudpickle) and the :class:`Outcome`; its workers need the
+    notebook's libraries and nbdurable, and never the log. One thread follows every task with
+    Dask's own ``as_completed`` (results fetched in batches) and completes a
+    ``concurrent.futures`` future per task; a task that did not run to its end (a dead worker:
+    ``KilledWorker``, a cancelled task) comes back as a failed outcome."""
 
     name = "dask"
 
@@ -202,14 +208,18 @@ class _Dask(Runner):
         self._completed: Any = None  # distributed.as_completed while tasks are pending
         self._lock = threading.Lock()
 
-    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        return self._bridge([self.client.submit(fn, *args, pure=False, **kwargs)])[0]
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+               scope: Scope | None = None) -> Future[Any]:
+        return self._bridge([self.client.submit(worker.call, fn, args, kwargs, scope,
+                                                 pure=False)])[0]
 
     def submit_many(self, fn: Any, calls: list[Call]) -> list[Future[Any]]:
         """A map's children in one ``client.map`` (one message to the scheduler)."""
-        if len(calls) < 2 or any(len(args) != 1 or kwargs for args, kwargs in calls):
+        if len(calls) < 2 or any(len(args) != 1 or kwargs for args, kwargs, _ in calls):
             return super().submit_many(fn, calls)
-        return self._bridge(self.client.map(fn, [args[0] for args, _ in calls], pure=False))
+        return self._bridge(self.client.map(functools.partial(worker.call_item, fn),
+                                            [args[0] for args, _, _ in calls],
+                                            [scope for _, _, scope in calls], pure=False))
 
     def _bridge(self, tasks: list[Any]) -> list[Future[Any]]:
         from distributed import as_completed
@@ -251,8 +261,8 @@ class _Dask(Runner):
 
     @staticmethod
     def _outcome(task: Any, result: Any, duration: float) -> Outcome:
-        if task.status == "finished":
-            return Outcome(True, result, duration_s=duration)
+        if task.status == "finished" and isinstance(result, Outcome):
+            return result  # worker.call's: the child's own error is in it
         exc = result if isinstance(result, BaseException) else task.exception()
         text = "".join(traceback.format_exception(type(exc), exc, task.traceback()))
         return Outcome(False, None, type(exc).__name__, str(exc), text, exc, duration)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -82,7 +83,14 @@ def children(run: str | None = None, *, log: LogArg = None) -> Any:  # a DataFra
                    duration_s=r.duration_s, finished_at=r.finished_at,
                    error=(r.error or {}).get("evalue") if r.error else None)
         row["attempts"] += 1
-    return pd.DataFrame.from_records(list(latest.values()), columns=CHILDREN_COLUMNS)
+    rows = sorted(latest.values(), key=lambda row: (row["step"], _natural(row["key"])))
+    return pd.DataFrame.from_records(rows, columns=CHILDREN_COLUMNS)
+
+
+def _natural(key: str) -> list[Any]:
+    """``map#0[2]`` before ``map#0[10]``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", key)]
 
 
 def _run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from nbdurable.engine import context, serializer, values
+from nbdurable.engine import context, serializer, values, worker
 from nbdurable.engine.context import LogArg
 from nbdurable.engine.fingerprint import call_fingerprint, fingerprint
 from nbdurable.errors import (
@@ -67,6 +67,14 @@ class _StepFunction:
         return f"<nbdurable step {self._fn.__qualname__}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        scope = worker.current_scope()
+        if scope is not None:  # in a child: keyed under it, recorded by the kernel
+            key, fp, found = _scoped(scope, self._fn, args, kwargs)
+            if found is not _NOT_RECORDED:
+                return found
+            result = self._fn(*args, **kwargs)
+            scope.made.append((key, fp, result))
+            return result
         call = _Call.begin(self._fn, args, kwargs)
         if call is None:
             return self._fn(*args, **kwargs)
@@ -78,6 +86,14 @@ class _StepFunction:
 
 class _AsyncStepFunction(_StepFunction):
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        scope = worker.current_scope()
+        if scope is not None:
+            key, fp, found = _scoped(scope, self._fn, args, kwargs)
+            if found is not _NOT_RECORDED:
+                return found
+            result = await self._fn(*args, **kwargs)
+            scope.made.append((key, fp, result))
+            return result
         call = _Call.begin(self._fn, args, kwargs)
         if call is None:
             return await self._fn(*args, **kwargs)
@@ -88,6 +104,14 @@ class _AsyncStepFunction(_StepFunction):
 
 
 _NOT_RECORDED = object()
+
+
+def _scoped(scope: worker.Scope, fn: Callable[..., Any], args: tuple[Any, ...],
+            kwargs: dict[str, Any]) -> tuple[str, str, Any]:
+    """(key, fingerprint, recorded result or _NOT_RECORDED) of a call in a child."""
+    key, fp = scope.next_key(fn.__qualname__), _call_fingerprint(fn, args, kwargs)
+    found = scope.recorded.get(key)
+    return key, fp, found[1] if found is not None and found[0] == fp else _NOT_RECORDED
 
 
 class _Call:
@@ -165,6 +189,11 @@ def once(key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise UsageError(f"once() needs a non-empty string key, got {key!r}")
     if not callable(fn):
         raise UsageError(f"once({key!r}, fn) needs a callable fn, got {type(fn).__name__}")
+    scope = worker.current_scope()
+    if scope is not None and not scope.in_kernel:
+        raise UsageError(f"once({key!r}) cannot run in a child on a process pool or a Dask "
+                         "cluster (workers never open the log); call it in the durable cell, "
+                         "or run the children with executor='threads'")
     log, run = context.locate(None, None)
     ctx = context.current()
     with log.transaction(announce=False) as con:

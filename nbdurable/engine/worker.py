@@ -17,7 +17,8 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -27,6 +28,38 @@ from nbdurable import processes
 _WATCH_EVERY = 0.2  # seconds between two looks at the parent (a read of /proc: ~10 us)
 #: In a worker of the local pool: the kernel it works for (set by :func:`watch_parent`).
 _parent: list[processes.ProcessId] = []
+
+
+@dataclass
+class Scope:
+    """What a child's own ``@step`` calls need: their keys (``fetch#0``, in call order within
+    the child), the results recorded for them by earlier attempts of the child, and the calls
+    made now. The kernel records those with the child's outcome: a worker never opens the
+    log."""
+
+    key: str  # the child's
+    recorded: dict[str, tuple[str, Any]] = field(default_factory=dict)  # key -> (fp, value)
+    kernel_pid: int = 0
+    made: list[tuple[str, str, Any]] = field(default_factory=list)  # (key, fp, value)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def next_key(self, name: str) -> str:
+        k = self.counters.get(name, 0)
+        self.counters[name] = k + 1
+        return f"{name}#{k}"
+
+    @property
+    def in_kernel(self) -> bool:
+        """Whether the child runs in the kernel's process (threads), which holds the log."""
+        return os.getpid() == self.kernel_pid
+
+
+_scope: ContextVar[Scope | None] = ContextVar("nbdurable_child", default=None)
+
+
+def current_scope() -> Scope | None:
+    """The child running in this thread, if any."""
+    return _scope.get()
 
 
 @dataclass
@@ -41,23 +74,36 @@ class Outcome:
     traceback: str = ""
     exception: BaseException | None = None
     duration_s: float = 0.0
+    calls: list[tuple[str, str, Any]] = field(default_factory=list)  # the child's @step calls
 
     def error(self) -> dict[str, str]:
         return {"ename": self.ename, "evalue": self.evalue, "traceback": self.traceback}
 
 
-def call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
-    """Run one child attempt in this process; never raises (but lets KeyboardInterrupt and
+def call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+         scope: Scope | None = None) -> Outcome:
+    """Run one child attempt in this thread; never raises (but lets KeyboardInterrupt and
     SystemExit through)."""
-    start = time.perf_counter()
+    start, token = time.perf_counter(), _scope.set(scope)
     try:
         value = fn(*args, **kwargs)
     except Exception as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next
                                                   if exc.__traceback__ else None))
         return Outcome(False, None, type(exc).__name__, str(exc), text, exc,
-                       time.perf_counter() - start)
-    return Outcome(True, value, duration_s=time.perf_counter() - start)
+                       time.perf_counter() - start, _made(scope))
+    finally:
+        _scope.reset(token)
+    return Outcome(True, value, duration_s=time.perf_counter() - start, calls=_made(scope))
+
+
+def call_item(fn: Callable[..., Any], item: Any, scope: Scope | None) -> Outcome:
+    """``call(fn, (item,), {}, scope)``: a map's child as one Dask task of ``client.map``."""
+    return call(fn, (item,), {}, scope)
+
+
+def _made(scope: Scope | None) -> list[tuple[str, str, Any]]:
+    return list(scope.made) if scope is not None else []
 
 
 def _dumps(obj: object) -> bytes:
@@ -65,26 +111,36 @@ def _dumps(obj: object) -> bytes:
     return data
 
 
-def pack_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def pack_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              scope: Scope | None = None) -> bytes:
     """A call as bytes a worker process can run (notebook functions by value)."""
-    return _dumps((fn, args, kwargs))
+    return _dumps((fn, args, kwargs, scope))
 
 
 def run_packed(payload: bytes) -> bytes:
     """In a worker process: run a packed call, return its packed :class:`Outcome`."""
     if _parent and not _parent[0].alive():  # the kernel died: start nothing more
         os._exit(1)
-    fn, args, kwargs = cloudpickle.loads(payload)
-    outcome = call(fn, args, kwargs)
-    try:
-        return _dumps(outcome)
-    except Exception as exc:
-        if outcome.ok:  # the value cannot travel back
-            why = f"its result cannot be sent back from the worker: {type(exc).__name__}: {exc}"
-            return _dumps(Outcome(False, None, "UnpicklableResult", why,
-                                             duration_s=outcome.duration_s))
-        outcome.exception = None  # the exception cannot travel: its text still does
-        return _dumps(outcome)
+    fn, args, kwargs, scope = cloudpickle.loads(payload)
+    outcome = call(fn, args, kwargs, scope)
+    for attempt in range(2):
+        try:
+            return _dumps(outcome)
+        except Exception as exc:
+            if attempt == 0 and outcome.calls:  # a @step result that cannot travel: the
+                outcome.calls = []              # calls run again next time, the rest returns
+                continue
+            return _unsendable(outcome, exc)
+    raise AssertionError("unreachable")
+
+
+def _unsendable(outcome: Outcome, exc: Exception) -> bytes:
+    if outcome.ok:  # the value cannot travel back
+        why = f"its result cannot be sent back from the worker: {type(exc).__name__}: {exc}"
+        return _dumps(Outcome(False, None, "UnpicklableResult", why,
+                              duration_s=outcome.duration_s))
+    outcome.exception = None  # the exception cannot travel: its text still does
+    return _dumps(outcome)
 
 
 def unpack(payload: bytes) -> Outcome:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nbdurable.store import journal, schema
 from nbdurable.store.records import Payloads, StoredRef, dumps, now, process_fields, stored_ref
@@ -62,10 +62,44 @@ def child_finished(record: ChildRecord) -> Row:
             dumps(body), payloads.data()]
 
 
-def load(db: LogDB, run: str, step: str, since: int) -> dict[str, list[ChildRecord]]:
-    """:func:`recorded`, from the log and the journals beside it (taking the lease)."""
+class Recorded(NamedTuple):
+    """What a step's children recorded: key -> their attempts (oldest first), and key ->
+    their own ``@step`` calls (call key -> fingerprint and result)."""
+
+    children: dict[str, list[ChildRecord]]
+    calls: dict[str, dict[str, tuple[str, StoredRef | None]]]
+
+
+def load(db: LogDB, run: str, step: str, since: int) -> Recorded:
+    """:func:`recorded` and :func:`calls_of_children`, from the log and the journals beside it
+    (taking the lease)."""
     with db.lease() as con:
-        return recorded(con, run, step, since, _pending(con, db, run))
+        pending = _pending(con, db, run)
+        return Recorded(recorded(con, run, step, since, pending),
+                        calls_of_children(con, run, step, since, pending))
+
+
+def call_step(step: str, child: str) -> str:
+    """The ``step`` column of a child's own ``@step`` calls: ``<parent step>/<child key>``."""
+    return f"{step}/{child}"
+
+
+def calls_of_children(con: Connection, run: str, step: str, since: int,
+                      pending: Sequence[Row] = ()) -> dict[str, dict[str, tuple[str, Any]]]:
+    """child key -> call key -> (fingerprint, result) of the children's own ``@step`` calls
+    (latest first wins), parent attempts ``since`` on."""
+    prefix = call_step(step, "")
+    rows = con.execute("SELECT step, body, data FROM events WHERE run = ? AND kind = ? AND"
+                       " attempt >= ? AND starts_with(step, ?) ORDER BY rowid",
+                       [run, Kind.CALL_COMPLETED, since, prefix]).fetchall()
+    rows += [(r[1], r[5], r[6]) for r in pending if r[0] == run and r[3] == Kind.CALL_COMPLETED
+             and isinstance(r[1], str) and r[1].startswith(prefix) and (r[2] or 0) >= since]
+    found: dict[str, dict[str, tuple[str, Any]]] = {}
+    for call_step_, body, data in rows:
+        fields = json.loads(body)
+        found.setdefault(call_step_[len(prefix):], {})[fields["key"]] = (
+            fields["fingerprint"], stored_ref(fields["result"], data))
+    return found
 
 
 def load_run(db: LogDB, run: str) -> list[ChildRecord]:
