@@ -42,7 +42,7 @@ import _shim  # noqa: E402
 
 import nbdurable  # noqa: E402
 from nbdurable import settings  # noqa: E402
-from nbdurable.engine import analysis, cells  # noqa: E402
+from nbdurable.engine import analysis, cells, children  # noqa: E402
 
 
 def inc(x):
@@ -169,7 +169,21 @@ def bench_dask(work: Path, n: int, rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+class _Quiet:
+    """No progress display: the figures are the output."""
+
+    def __init__(self, progress: object):
+        pass
+
+    def update(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def main() -> None:
+    children.set_progress_ui(_Quiet)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="children per map")
     parser.add_argument("--rounds", type=int, default=5)

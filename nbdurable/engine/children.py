@@ -49,7 +49,7 @@ from nbdurable.store.schema import Status
 _BACKOFF_FIRST, _BACKOFF_CAP = 0.5, 30.0  # seconds before retry 1, doubling up to the cap
 #: How long the recorder lets results gather before one journal sync for all of them: fewer
 #: syncs and thread switches (a kernel's Dask client loop shares the GIL with the recorder).
-_RECORD_WINDOW = 0.005
+_RECORD_WINDOW = 0.02
 _TRACEBACK_LIMIT = 20_000  # characters of a child's traceback kept in the log
 
 
