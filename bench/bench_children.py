@@ -42,7 +42,7 @@ import _shim  # noqa: E402
 
 import nbdurable  # noqa: E402
 from nbdurable import settings  # noqa: E402
-from nbdurable.engine import analysis, cells, children  # noqa: E402
+from nbdurable.engine import analysis, cells, progress  # noqa: E402
 
 
 def inc(x):
@@ -183,7 +183,7 @@ class _Quiet:
 
 
 def main() -> None:
-    children.set_progress_ui(_Quiet)
+    progress.set_progress_ui(_Quiet)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="children per map")
     parser.add_argument("--rounds", type=int, default=5)

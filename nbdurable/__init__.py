@@ -52,7 +52,7 @@ _LAZY = {
     "Child": "nbdurable.engine.children",
     "ChildError": "nbdurable.errors",
     "children": "nbdurable.engine.history",
-    "set_result": "nbdurable.engine.children",
+    "set_result": "nbdurable.engine.results",
     "spawn_notebook": "nbdurable.batch.children",
 }
 
@@ -102,7 +102,6 @@ if TYPE_CHECKING:  # pragma: no cover
         Child as Child,
         as_completed as as_completed,
         map as map,
-        set_result as set_result,
         spawn as spawn,
     )
     from nbdurable.engine.cleanup import (
@@ -121,6 +120,9 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from nbdurable.engine.resets import (
         reset as reset,
+    )
+    from nbdurable.engine.results import (
+        set_result as set_result,
     )
     from nbdurable.engine.steps import (
         once as once,

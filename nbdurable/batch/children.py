@@ -19,7 +19,7 @@ from typing import Any
 import xxhash
 
 from nbdurable.batch import runner
-from nbdurable.engine import children, context
+from nbdurable.engine import children, context, results
 from nbdurable.errors import UsageError
 
 #: The threads that drive child notebooks (each waits on its own kernel): one per core.
@@ -63,7 +63,7 @@ def _run_child(source: str, content: str, run_id: str, parameters: dict[str, Any
                         max_restarts=max_restarts)
     if result.status != "completed":
         raise ChildRunError(result.message())
-    return children.run_result(run_id, log=log)
+    return results.run_result(run_id, log=log)
 
 
 def _parent_run() -> str:

@@ -31,8 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from nbdurable.engine import context, executors, serializer, values, worker
-from nbdurable.engine.context import LogArg
+from nbdurable.engine import context, executors, progress, serializer, values, worker
 from nbdurable.engine.fingerprint import call_fingerprint, fingerprint
 from nbdurable.engine.worker import Outcome
 from nbdurable.errors import (
@@ -434,77 +433,6 @@ def _failed_future(exc: BaseException) -> Future[Any]:
     return future
 
 
-# -- progress -----------------------------------------------------------------------------------
-
-_PROGRESS_EVERY = 0.25  # seconds between two looks at a map's children
-_TEXT_EVERY = 5.0  # seconds between two progress lines of the text display
-
-
-class Progress:
-    """The state of one map's children, counted when asked."""
-
-    def __init__(self, name: str, children: list[Child]):
-        self.name, self.children = name, children
-        self.started = time.monotonic()
-        #: in a durable cell: the final counts are printed, to be recorded and replayed
-        self.durable = context.current() is not None
-
-    def counts(self) -> dict[str, int]:
-        done = [c for c in self.children if c.done()]
-        return {"total": len(self.children), "reused": sum(c.reused for c in done),
-                "failed": sum(c.failed for c in done),
-                "completed": sum(not c.failed and not c.reused for c in done),
-                "running": len(self.children) - len(done)}
-
-    def finished(self) -> bool:
-        return all(c.done() for c in self.children)
-
-    def line(self) -> str:
-        """``map#0: 37/60 done (20 reused), 1 failed, 23 running, 12 s, ETA 8 s``."""
-        n = self.counts()
-        done = n["completed"] + n["reused"] + n["failed"]
-        elapsed = time.monotonic() - self.started
-        text = f"{self.name}: {done}/{n['total']} done ({n['reused']} reused)"
-        text += f", {n['failed']} failed" if n["failed"] else ""
-        if n["running"]:
-            text += f", {n['running']} running, {elapsed:.0f} s"
-            ran = n["completed"] + n["failed"]
-            if ran:
-                text += f", ETA {elapsed / ran * n['running']:.0f} s"
-        else:
-            text += f" in {elapsed:.1f} s"
-        return text
-
-
-class TextProgress:
-    """Progress as text lines (batch runs, plain Python): one every few seconds while the
-    children run, and the final counts, which a durable cell records with its outputs so that
-    its replay shows them again."""
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self._last = time.monotonic()
-
-    def update(self) -> None:
-        if time.monotonic() - self._last >= _TEXT_EVERY and not self.progress.finished():
-            self._last = time.monotonic()
-            print(self.progress.line(), flush=True)
-
-    def close(self) -> None:
-        if self.progress.durable:  # outside a durable cell nobody needs the record
-            print(self.progress.line(), flush=True)
-
-
-#: The display of a map's progress; the IPython adapter plugs a live bar in (set_progress_ui).
-_progress_ui: Callable[[Progress], Any] | None = None
-
-
-def set_progress_ui(factory: Callable[[Progress], Any] | None) -> None:
-    """``factory(progress)`` returns an object with ``update()`` and ``close()``; None: text."""
-    global _progress_ui
-    _progress_ui = factory
-
-
 # -- the family of the code running now --------------------------------------------------------
 
 #: Numbers of children's keys outside durable cells (``spawn#7``): distinct in this process.
@@ -604,12 +532,12 @@ def _wait_all(children: list[Child], name: str) -> None:
     """Until every child is done, showing progress (Kernel → Interrupt stops them)."""
     if not children:
         return
-    progress = Progress(name, children)
-    ui = (_progress_ui or TextProgress)(progress)
+    shown = progress.Progress(name, children, durable=context.current() is not None)
+    ui = progress.display(shown)
     try:
         with _watching(children) as woke:
-            while not progress.finished():
-                woke.wait(_PROGRESS_EVERY)
+            while not shown.finished():
+                woke.wait(progress.EVERY)
                 woke.clear()
                 ui.update()
     finally:
@@ -686,29 +614,3 @@ def _wait_any(pending: list[Child], timeout: float | None) -> None:
     with _watching(pending) as woke:
         if not any(c.done() for c in pending):  # one may have finished meanwhile
             woke.wait(timeout)
-
-
-# -- child runs: what a child notebook returns ---------------------------------------------------
-
-def set_result(value: Any, *, run: str | None = None, log: LogArg = None) -> None:
-    """In a child notebook (``spawn_notebook``): record ``value`` as what its parent's handle
-    ``.result()`` returns. The latest call wins; a value that cannot be stored is a
-    :class:`UsageError`."""
-    db, run = context.locate(run, log)
-    try:
-        packed = serializer.pack(value, main_globals=context.main_namespace())
-    except serializer.Unstorable as exc:
-        raise UsageError(f"set_result() got a value nbdurable cannot store ({exc.reason}); "
-                         "return something picklable (numbers, text, lists, dicts, arrays, "
-                         "DataFrames)") from None
-    ref = values.store_packed(db.blobs, packed)
-    db.execute(*records.combine_rows([store.run_result(run, ref)]), announce=False)
-
-
-def run_result(run: str, *, log: LogArg = None) -> Any:
-    """What run ``run`` set with :func:`set_result` (None if it set nothing)."""
-    db = context.resolve_log(log)
-    found, ref = store.result_of(db, run)
-    if not found or ref is None:
-        return None
-    return values.load_value(db, ref, context.main_namespace())

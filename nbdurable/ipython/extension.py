@@ -31,12 +31,13 @@ def load(shell) -> KernelRuntime:
         shell.events.register(event, getattr(runtime, event))
     runtime.inject()
     if getattr(shell, "kernel", None) is not None:
-        from nbdurable.engine import children, waits
-        from nbdurable.ipython import panel, progress, pump
+        from nbdurable.engine import progress, waits
+        from nbdurable.ipython import panel, pump
+        from nbdurable.ipython.progress import ProgressBar
 
         waits.set_ui(panel.WaitPanel)
         if os.environ.get("NBDURABLE_PROGRESS") != "text":  # batch runs print lines instead
-            children.set_progress_ui(progress.ProgressBar)
+            progress.set_progress_ui(ProgressBar)
         pump.watch_comms(shell.kernel, panel.registry)
     _runtimes[shell] = runtime
     return runtime
@@ -47,11 +48,11 @@ def unload(shell) -> None:
     if runtime is None:
         return
     runtime.engine.close()
-    from nbdurable.engine import children, waits
+    from nbdurable.engine import progress, waits
     from nbdurable.ipython import pump
 
     waits.set_ui(None)
-    children.set_progress_ui(None)
+    progress.set_progress_ui(None)
     if getattr(shell, "kernel", None) is not None:
         pump.unwatch_comms(shell.kernel)
     _remove(shell.input_transformer_manager.line_transforms, runtime.input_transformer)
