@@ -36,7 +36,7 @@ def runs_per_item(tmp_path: Path) -> Counter[str]:
 
 def wait_for_lines(path: Path, n: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while not path.exists() or len(path.read_text().split()) < n:
+    while not path.exists() or len(path.read_text().splitlines()) < n:
         assert time.monotonic() < deadline, f"{path} did not reach {n} lines in {timeout}s"
         time.sleep(0.005)
 
@@ -388,15 +388,19 @@ def test_a_killed_parent_resumes_its_child_notebooks_which_wait_for_events(tmp_p
     child = child_notebook(
         tmp_path / "waiter.ipynb", effects,
         "%%durable prepare\neffect(f'prepare {n}')",
-        "%%durable approve\nanswer = nbdurable.wait_for_event('go')\neffect(f'approved {n}')\n"
-        "nbdurable.set_result(answer)")
+        "%%durable approve\neffect(f'waiting {n} {os.getpid()}')\n"
+        "answer = nbdurable.wait_for_event('go')\n"
+        "effect(f'approved {n}')\nnbdurable.set_result(answer)")
     fan = (f"%%durable fan\nkids = [nbdurable.spawn_notebook({str(child)!r}, {{'n': i}}) "
            "for i in range(2)]\nprint([k.result() for k in kids])")
     with Kernel(tmp_path) as k:
         k.execute(LOAD + "\nimport nbdurable")
         k.send(fan)
-        wait_for_lines(effects, 2)  # both children prepared, now waiting for their event
+        wait_for_lines(effects, 4)  # both children prepared (checkpointed), both waiting
         k.sigkill()
+    # their kernels die with the parent (their guard sees its claim go): only then the events
+    wait_gone([int(line.split()[2]) for line in effects.read_text().splitlines()
+               if line.startswith("waiting")])
     for i in range(2):
         nbdurable.push_event("go", f"yes {i}", run=f"test-run:notebook#{i}",
                              log=tmp_path / "log.duckdb")
@@ -404,8 +408,10 @@ def test_a_killed_parent_resumes_its_child_notebooks_which_wait_for_events(tmp_p
         k.execute(LOAD + "\nimport nbdurable")
         r = k.execute(fan)
         assert r.stream().endswith("['yes 0', 'yes 1']\n"), (r.ename, r.evalue)
-    assert sorted(effects.read_text().splitlines()) == [
-        "approved 0", "approved 1", "prepare 0", "prepare 1"]  # prepare not repeated
+    lines = [" ".join(line.split()[:2]) for line in effects.read_text().splitlines()]
+    assert Counter(lines) == Counter({
+        "prepare 0": 1, "prepare 1": 1,  # completed before the kill: replayed, not repeated
+        "waiting 0": 2, "waiting 1": 2, "approved 0": 1, "approved 1": 1})
 
 
 def test_a_batch_run_shows_progress_as_text(tmp_path):
@@ -491,3 +497,17 @@ def test_a_result_that_cannot_be_stored_is_returned_and_its_child_runs_again(tmp
         r = k.execute(fan.replace("n = len", "m = y\nn = len"))  # edited: executes again
         assert r.status == "ok"
     assert runs_per_item(tmp_path) == Counter({"1": 2, "2": 2}), "not reused: not recorded"
+
+
+def test_maps_outside_a_durable_cell_leave_no_thread_behind(no_log):
+    import threading
+
+    nbdurable.map(triple, [1], executor="threads")  # the thread pool's threads start once
+    before = threading.active_count()
+    for i in range(20):
+        assert nbdurable.map(triple, [i, i], executor="threads") == [3 * i, 3 * i]
+        assert nbdurable.spawn(triple, i, executor="threads").result(timeout=60) == 3 * i
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before + 2:  # the pool may grow to its cores
+        assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
+        time.sleep(0.01)

@@ -236,9 +236,13 @@ class _Family:
     def _arrived(self, child: Child, future: Future[Any]) -> None:
         self._finished.put((child, future))
 
+    def _idle(self) -> bool:
+        with self._lock:
+            return not self._live and not self._waiting
+
     def _ensure_thread(self) -> None:
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._record_loop, daemon=True,
                                                 name="nbdurable-children")
                 self._thread.start()
@@ -261,6 +265,8 @@ class _Family:
                     break
                 batch.append(more)
             self._record(batch)
+            if self.ctx is None and self._idle():  # a map or spawn outside a durable cell:
+                return                              # its family ends with its children
 
     def _record(self, batch: list[tuple[Child, Future[Any]]]) -> None:
         rows: list[store.Row] = []
