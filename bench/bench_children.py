@@ -9,8 +9,9 @@
    difference is what skipping the finished ones costs), and a map whose 1,000 children are all
    recorded (nothing is submitted).
 
-3. the same 1,000 children on a Dask ``LocalCluster`` (2 worker processes): ``nbdurable.map`` in
-   a durable step vs bare ``client.map`` + ``as_completed(with_results=True)``.
+3. the same 1,000 children on Dask (2 worker processes), ``nbdurable.map`` in a durable step vs
+   bare ``client.map`` + ``as_completed(with_results=True)``, on a ``LocalCluster`` (whose
+   scheduler shares this process's GIL) and with the scheduler in its own process.
 
 Rounds are interleaved; medians are reported. Targets (issue 10): (1) <= 0.5 ms per child over
 the bare pool; (2) skipping the finished ones <= 0.2 s; (3) <= 1.2x bare Dask.
@@ -19,6 +20,7 @@ the bare pool; (2) skipping the finished ones <= 0.2 s; (3) <= 1.2x bare Dask.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -144,29 +147,74 @@ def bench_resume(work: Path, n: int) -> dict[str, float]:
             "skip_all": skip_all}
 
 
-def bench_dask(work: Path, n: int, rounds: int) -> dict[str, float]:
-    """``nbdurable.map`` in a durable step on a Dask ``LocalCluster`` (2 worker processes) vs
-    bare ``client.map`` + ``as_completed(with_results=True)``, interleaved."""
+_PAUSE = 2.5  # s before each timed Dask map: the previous one's deferred log insert is done
+
+
+def bench_dask(work: Path, n: int, rounds: int) -> dict[str, dict[str, float]]:
+    """``nbdurable.map`` in a durable step vs bare ``client.map`` + ``as_completed(with_results=
+    True)``, interleaved, on two cluster layouts with 2 single-threaded worker processes:
+    ``local``, a ``LocalCluster`` (its scheduler runs on the client's event loop, in this
+    process), and ``own``, a scheduler in its own process (``dask scheduler`` + ``dask worker``,
+    the layout of every cluster beyond one machine)."""
     import logging
 
-    from distributed import Client, LocalCluster, as_completed as dask_completed
+    from distributed import Client, LocalCluster
 
     settings.configure(log=work / "dask.duckdb", run="dask")
-    times: dict[str, list[float]] = {"bare": [], "step": []}
+    figures = {}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        nbdurable.configure(executor=client)
-        eng = cells.Engine({"__name__": "__main__", "inc": inc, "nbdurable": nbdurable})
-        in_step(eng, "warm", 200)
-        for i in range(rounds):
-            t = time.perf_counter()
-            tasks = client.map(inc, range(n), pure=False)
-            assert sum(r for _, r in dask_completed(tasks, with_results=True)) == n * (n + 1) // 2
-            times["bare"].append(time.perf_counter() - t)
-            times["step"].append(in_step(eng, f"d{i}", n))
-        eng.close()
-        settings.reset()
+        figures["local"] = _dask_rounds(client, n, rounds, "l")
+    with _own_scheduler(work) as scheduler_file, Client(scheduler_file=scheduler_file) as client:
+        client.wait_for_workers(2, timeout=60)
+        figures["own"] = _dask_rounds(client, n, rounds, "o")
+    settings.reset()
+    return figures
+
+
+def _dask_rounds(client: object, n: int, rounds: int, tag: str) -> dict[str, float]:
+    from distributed import as_completed as dask_completed
+
+    nbdurable.configure(executor=client)
+    eng = cells.Engine({"__name__": "__main__", "inc": inc, "nbdurable": nbdurable})
+    in_step(eng, f"warm{tag}", 200)
+    times: dict[str, list[float]] = {"bare": [], "step": []}
+    for i in range(rounds):
+        time.sleep(_PAUSE)
+        t = time.perf_counter()
+        tasks = client.map(inc, range(n), pure=False)  # type: ignore[attr-defined]
+        assert sum(r for _, r in dask_completed(tasks, with_results=True)) == n * (n + 1) // 2
+        times["bare"].append(time.perf_counter() - t)
+        time.sleep(_PAUSE)
+        times["step"].append(in_step(eng, f"d{tag}{i}", n))
+    eng.close()
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+@contextlib.contextmanager
+def _own_scheduler(work: Path) -> Iterator[str]:
+    """``dask scheduler`` and ``dask worker --nworkers 2 --nthreads 1`` as processes; both
+    import this file's ``inc`` (the scheduler unpickles the task graph)."""
+    scheduler_file = str(work / "scheduler.json")
+    dask = str(Path(sys.executable).with_name("dask"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", scheduler_file,
+                               "--no-dashboard", "--port", "0"], **quiet)]
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(scheduler_file):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no scheduler"
+            time.sleep(0.05)
+        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", scheduler_file,
+                                       "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                                      **quiet))
+        yield scheduler_file
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
 
 
 class _Quiet:
@@ -193,7 +241,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nbdurable-bench-") as tmp:
         o = bench_overhead(Path(tmp), n, args.rounds)
         r = bench_resume(Path(tmp), n)
-        d = None if args.no_dask else bench_dask(Path(tmp), n, max(3, args.rounds // 2))
+        d = None if args.no_dask else bench_dask(Path(tmp), n, args.rounds)
     per = (o["step"] - o["bare"]) / n * 1000
     print(f"1. {n} trivial children, medians of {args.rounds} interleaved rounds")
     print(f"   bare ProcessPoolExecutor + cloudpickle   {o['bare']:.3f} s"
@@ -208,12 +256,13 @@ def main() -> None:
           f"  (resume - bare: {r['resumed'] - r['remainder']:+.3f} s)")
     print(f"   all {n} recorded, none submitted         {r['skip_all']:.3f} s"
           f"  (skipping; target <= 0.2 s)")
-    if d is not None:
-        print(f"3. {n} trivial children on a Dask LocalCluster (2 worker processes)")
-        print(f"   bare client.map + as_completed           {d['bare']:.3f} s")
-        print(f"   nbdurable.map in a durable step          {d['step']:.3f} s"
-              f"  ({d['step'] / d['bare']:.2f}x; target <= 1.2x)")
-
+    layouts = {"local": "LocalCluster (scheduler in this process)",
+               "own": "scheduler in its own process      "}
+    for layout, f in (d or {}).items():
+        print(f"3. {n} trivial children on Dask, 2 worker processes, {layouts[layout]}")
+        print(f"   bare client.map + as_completed           {f['bare']:.3f} s")
+        print(f"   nbdurable.map in a durable step          {f['step']:.3f} s"
+              f"  ({f['step'] / f['bare']:.2f}x; target <= 1.2x)")
 
 if __name__ == "__main__":
     main()

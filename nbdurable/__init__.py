@@ -24,6 +24,7 @@ _LAZY = {
     "runs": "nbdurable.engine.history",
     "log": "nbdurable.engine.history",
     "reset": "nbdurable.engine.resets",
+    "fork": "nbdurable.engine.forks",
     "run": "nbdurable.batch.runner",
     "RunResult": "nbdurable.batch.runner",
     "errors": "nbdurable.errors",
@@ -46,6 +47,7 @@ _LAZY = {
     "sql": "nbdurable.engine.history",
     "gc": "nbdurable.engine.cleanup",
     "event_button": "nbdurable.ipython.panel",
+    "view": "nbdurable.ipython.viewer",
     "map": "nbdurable.engine.children",
     "spawn": "nbdurable.engine.children",
     "as_completed": "nbdurable.engine.children",
@@ -111,6 +113,9 @@ if TYPE_CHECKING:  # pragma: no cover
         list_events as list_events,
         push_event as push_event,
     )
+    from nbdurable.engine.forks import (
+        fork as fork,
+    )
     from nbdurable.engine.history import (
         children as children,
         history as history,
@@ -153,6 +158,9 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from nbdurable.ipython.panel import (
         event_button as event_button,
+    )
+    from nbdurable.ipython.viewer import (
+        view as view,
     )
     from nbdurable.settings import (
         configure as configure,

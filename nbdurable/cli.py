@@ -32,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     _runs_parser(sub)
     _log_parser(sub)
     _reset_parser(sub)
+    _fork_parser(sub)
     _event_parser(sub)
     _trust_parser(sub)
     _sql_parser(sub)
@@ -99,6 +100,19 @@ def _reset_parser(sub: Subparsers) -> None:
                      help="also forget the once() keys of those steps (their side effects "
                      "happen again)")
     cmd.set_defaults(handler=_reset)
+
+
+def _fork_parser(sub: Subparsers) -> None:
+    cmd = _command(sub, "fork", "nbdurable.fork", "a new run from another run's checkpoints",
+                   "Start NEW_RUN from RUN's checkpoints: the steps before STEP replay in it "
+                   "(their checkpoints are shared, not copied), STEP and what follows execute "
+                   "anew; RUN is left as it is.")
+    cmd.add_argument("run", metavar="RUN", help="the run to fork")
+    cmd.add_argument("new_run", metavar="NEW_RUN", help="the fork's run id (a new one)")
+    cmd.add_argument("--from", dest="from_step", metavar="STEP",
+                     help="execute STEP and every step first run after it anew (default: "
+                     "the fork replays every step)")
+    cmd.set_defaults(handler=_fork)
 
 
 def _event_parser(sub: Subparsers) -> None:
@@ -210,6 +224,21 @@ def _reset(args: argparse.Namespace) -> int:
     else:
         print(f"reset {len(steps)} step(s) of run {args.run!r}: {', '.join(steps) or 'none'}; "
               "they execute again the next time they are reached")
+    return 0
+
+
+def _fork(args: argparse.Namespace) -> int:
+    from nbdurable.engine.forks import fork
+
+    kept = fork(args.run, args.new_run, args.from_step, log=_existing_log(args.log))
+    if args.json:
+        _print_json({"run": args.new_run, "forked_from": args.run, "from_step": args.from_step,
+                     "reused": kept})
+    else:
+        print(f"run {args.new_run!r} forked from {args.run!r}: {len(kept)} step(s) replay "
+              f"({', '.join(kept) or 'none'})"
+              + (f", {args.from_step} and what follows execute anew" if args.from_step else "")
+              + f"; execute the notebook as {args.new_run!r} to go on")
     return 0
 
 

@@ -27,9 +27,10 @@ PUBLIC = {
     "Child", "ChildError", "as_completed", "children", "map", "set_result", "spawn",
     "spawn_notebook",
     "Event", "NbdurableError", "RunResult", "Sleep", "WaitResult", "WaitTimeout", "__version__",
-    "configure", "errors", "event_button", "gc", "history", "list_events",
+    "configure", "errors", "event_button", "fork", "gc", "history", "list_events",
     "load_ipython_extension", "log", "once", "once_reset", "once_resolve", "push_event", "reset",
     "run", "runs", "sleep", "sleep_async", "sql", "step", "trust", "unload_ipython_extension",
+    "view",
     "wait_all", "wait_all_async", "wait_any", "wait_any_async", "wait_for_event",
     "wait_for_event_async",
 }

@@ -183,9 +183,7 @@ def test_an_edited_function_or_item_reruns_exactly_its_children(tmp_path):
 
 @pytest.mark.parametrize("processes", [False, True])
 def test_kill_mid_map_on_a_dask_cluster(tmp_path, processes):
-    client = ("import logging\nfrom distributed import Client, LocalCluster\n"
-              f"cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes={processes},"
-              " dashboard_address=None, silence_logs=logging.ERROR)\nclient = Client(cluster)")
+    client = DASK_CLIENT.replace("processes=True", f"processes={processes}")
     fan = "%%durable fan\nres = nbdurable.map(work, range(40), executor=client)\nprint(sum(res))"
     kill_during(tmp_path, fan, 15, client)
     recorded = recorded_items(tmp_path, "map#0")
@@ -461,11 +459,19 @@ def work(x):
 """
 
 
-@pytest.mark.parametrize("executor", ["processes", "threads"])
+DASK_CLIENT = ("import logging\nfrom distributed import Client, LocalCluster\n"
+               "cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,"
+               " dashboard_address=None, silence_logs=logging.ERROR)\nclient = Client(cluster)")
+
+
+@pytest.mark.parametrize("executor", ["processes", "threads", "dask"])
 def test_a_childs_own_steps_are_recorded_and_reused_by_its_next_attempt(tmp_path, executor):
     effects = tmp_path / "effects"
     setup = NESTED.format(effects=str(effects), mark=str(tmp_path / "mark"))
-    fan = f"%%durable fan\nres = nbdurable.map(work, range(3), executor={executor!r})\nprint(res)"
+    if executor == "dask":  # the recorded calls travel with the task, as plain values
+        setup += "\n" + DASK_CLIENT
+    on = "client" if executor == "dask" else repr(executor)
+    fan = f"%%durable fan\nres = nbdurable.map(work, range(3), executor={on})\nprint(res)"
     with Kernel(tmp_path) as k:
         k.execute(LOAD)
         k.execute(setup)
@@ -476,7 +482,7 @@ def test_a_childs_own_steps_are_recorded_and_reused_by_its_next_attempt(tmp_path
         r = k.execute(fan)
         assert r.stream().endswith("[1, 11, 21]\n"), (r.ename, r.evalue)
         r = k.execute("%%durable again\nprint(nbdurable.map(work, [5, 1], retries=1, "
-                      f"executor={executor!r}, key='again'))")
+                      f"executor={on}, key='again'))")
         assert r.stream().endswith("[51, 11]\n"), (r.ename, r.evalue)
     assert Counter(effects.read_text().splitlines()) == Counter({
         "work 0": 1, "work 1": 3, "work 2": 1, "fetch 0": 1, "fetch 1": 2, "fetch 2": 1,

@@ -63,7 +63,7 @@ def _attempt_rows(prefix: str, n: int) -> list[list]:
     return rows
 
 
-@pytest.mark.parametrize("attempts", [2, 300])  # 300: 600 rows, more than one staging chunk
+@pytest.mark.parametrize("attempts", [2, 300])  # 2: VALUES; 300: 600 rows, as columns
 def test_moving_rows_in_keeps_their_order_and_skips_those_already_there(tmp_path, attempts):
     """A dead journal's rows go in through one staged anti-join: an attempt's start must stay
     before its outcome (DuckDB's join alone reordered a few rows into a log holding more, in
@@ -80,6 +80,22 @@ def test_moving_rows_in_keeps_their_order_and_skips_those_already_there(tmp_path
                                  " ORDER BY rowid").fetchall()
         assert stored == [(r[1], r[3], r[4]) for r in rows]
         db.close()
+
+
+@pytest.mark.parametrize("n", [5, 100])  # below and above the columnar threshold
+def test_rows_inserted_as_columns_or_values_come_back_exactly(tmp_path, n):
+    """NULLs in every nullable column, text beyond ASCII, bytes with zeros, microseconds."""
+    rows = [["r\u00e9", None if i % 3 == 0 else f"s{i}", None if i % 5 == 0 else i,
+             "child_finished", records.now(), json.dumps({"k": "\u2713" * i}),
+             None if i % 2 else b"\x00\xff" * i] for i in range(n)]
+    db = LogDB(tmp_path / "log.duckdb")
+    with db.transaction() as con:
+        records.insert_rows(con, rows)
+        records.insert_rows(con, [])
+    with db.lease() as con:
+        stored = con.execute("SELECT * FROM events ORDER BY rowid").fetchall()
+    db.close()
+    assert stored == [tuple(r) for r in rows]
 
 
 def test_a_dead_process_journal_is_moved_into_the_log(tmp_path):

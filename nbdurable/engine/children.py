@@ -66,7 +66,7 @@ class Child:
         self._value: Any = None
         self._failure: ChildError | None = None
         self._seen = False
-        self._waiters: list[threading.Event] = []  # as_completed() waiting on this child
+        self._waiters: list[_Waiter] = []  # map() and as_completed() waiting on this child
         self._calls: dict[str, tuple[str, Any]] | None = None  # its own @step calls
         self.run_id: str | None = None  # a child notebook's run (spawn_notebook)
         self.output_path: str | None = None  # a child notebook's output notebook
@@ -102,8 +102,8 @@ class Child:
         else:
             self._value = outcome.value if outcome is not None else value
         self._done.set()
-        for woke in builtins.list(self._waiters):
-            woke.set()
+        for waiter in builtins.list(self._waiters):
+            waiter.finished(self)
 
     def _wait(self) -> None:
         """Until done; Kernel → Interrupt stops the family's children."""
@@ -535,37 +535,56 @@ def _group(children: list[Child]) -> str:
 
 
 def _wait_all(children: list[Child], name: str) -> None:
-    """Until every child is done, showing progress (Kernel → Interrupt stops them)."""
+    """Until every child is done, showing progress (Kernel → Interrupt stops them). The
+    waiting thread wakes when the last child finishes and for the display's ticks, not once
+    per finished child: on Dask, the scheduler shares this process's GIL."""
     if not children:
         return
     shown = progress.Progress(name, children, durable=context.current() is not None)
     ui = progress.display(shown)
     try:
-        with _watching(children) as woke:
-            while not shown.finished():
-                woke.wait(progress.EVERY)
-                woke.clear()
+        with _watching(children, _Waiter(len(children))) as waiter:
+            while not waiter.all_done.wait(progress.EVERY):
                 ui.update()
     finally:
         ui.close()
         children[0]._family.show_warnings()
 
 
+class _Waiter:
+    """Told when a watched child finishes: ``any_done`` is set by each (cleared by the
+    watcher), ``all_done`` once ``count`` distinct children have finished."""
+
+    def __init__(self, count: int):
+        self.count, self._finished = count, set[int]()
+        self.any_done, self.all_done = threading.Event(), threading.Event()
+        self._lock = threading.Lock()
+
+    def finished(self, child: Child) -> None:
+        with self._lock:
+            self._finished.add(id(child))
+            if len(self._finished) >= self.count:
+                self.all_done.set()
+        self.any_done.set()
+
+
 @contextlib.contextmanager
-def _watching(children: list[Child]) -> Iterator[threading.Event]:
-    """An event set whenever one of ``children`` finishes; Kernel → Interrupt while waiting on
-    it stops their family's children."""
-    woke = threading.Event()
+def _watching(children: list[Child], waiter: _Waiter | None = None) -> Iterator[_Waiter]:
+    """``waiter`` (by default one for any child) told whenever one of ``children`` finishes;
+    Kernel → Interrupt while waiting stops their family's children."""
+    waiter = waiter or _Waiter(1)
     for child in children:
-        child._waiters.append(woke)
+        child._waiters.append(waiter)
+        if child.done():  # finished before it was watched (reused, or just now): counted
+            waiter.finished(child)
     try:
-        yield woke
+        yield waiter
     except KeyboardInterrupt:
         children[0]._family.interrupt()
         raise
     finally:
         for child in children:
-            child._waiters.remove(woke)
+            child._waiters.remove(waiter)
 
 
 def _map_error(failed: list[Child], total: int) -> ChildError:
@@ -617,6 +636,5 @@ def as_completed(children: Iterable[Child], timeout: float | None = None) -> Ite
 
 def _wait_any(pending: list[Child], timeout: float | None) -> None:
     """Block until one of ``pending`` is done (or ``timeout``)."""
-    with _watching(pending) as woke:
-        if not any(c.done() for c in pending):  # one may have finished meanwhile
-            woke.wait(timeout)
+    with _watching(pending) as waiter:
+        waiter.any_done.wait(timeout)

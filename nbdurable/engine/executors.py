@@ -217,9 +217,13 @@ class _Dask(Runner):
         """A map's children in one ``client.map`` (one message to the scheduler)."""
         if len(calls) < 2 or any(len(args) != 1 or kwargs for args, kwargs, _ in calls):
             return super().submit_many(fn, calls)
-        return self._bridge(self.client.map(functools.partial(worker.call_item, fn),
-                                            [args[0] for args, _, _ in calls],
-                                            [scope for _, _, scope in calls], pure=False))
+        columns = [[args[0] for args, _, _ in calls],
+                   [scope.key if scope else None for _, _, scope in calls],
+                   [scope.recorded if scope and scope.recorded else None for _, _, scope in calls]]
+        while len(columns) > 1 and not any(columns[-1]):
+            columns.pop()  # the default: None
+        task = functools.partial(worker.call_item, fn, os.getpid())
+        return self._bridge(self.client.map(task, *columns, pure=False))
 
     def _bridge(self, tasks: list[Any]) -> list[Future[Any]]:
         from distributed import as_completed
@@ -241,8 +245,9 @@ class _Dask(Runner):
 
     def _follow(self, completed: Any) -> None:
         while True:
-            for task, result in completed:
-                self._arrived(task, result)
+            for batch in completed.batches():  # what arrived together: one wake-up
+                for task, result in batch:
+                    self._arrived(task, result)
             with self._lock:
                 if completed.is_empty():  # nothing was added since the loop ended
                     self._completed = None

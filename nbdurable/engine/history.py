@@ -14,7 +14,7 @@ from nbdurable.engine.events import list_events
 from nbdurable.engine.waits import describe_outcome, describe_spec
 from nbdurable.errors import UsageError
 from nbdurable.processes import ProcessId
-from nbdurable.store import children as child_records, invocations, queries, records, schema
+from nbdurable.store import children as child_records, forks, invocations, queries, records, schema
 from nbdurable.store.runs import require_run
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,12 +53,13 @@ def sql(query: str, *, log: LogArg = None) -> Any:  # a DataFrame
 def runs(*, log: LogArg = None) -> Any:  # a DataFrame
     """One row per run in the log: run, notebook, status (running, completed, failed, crashed),
     steps_completed, steps_failed, started_at, last_activity, parameters (JSON text, from the
-    latest batch invocation), attempts. Most recent activity first. A DataFrame."""
+    latest batch invocation), attempts, forked_from and forked_from_step (a fork's parent run
+    and the first step it executed anew). Most recent activity first. A DataFrame."""
     import pandas as pd
 
     db = resolve_log(log)
     with db.lease() as con:
-        table = _run_table(con, db, queries.with_journals(con, db, None))
+        table = run_table(con, db, queries.with_journals(con, db, None))
     return pd.DataFrame.from_records(table, columns=RUNS_COLUMNS)
 
 
@@ -93,12 +94,14 @@ def _natural(key: str) -> list[Any]:
             for part in re.split(r"(\d+)", key)]
 
 
-def _run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:
+def run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:
     """The rows of :func:`runs`, from an events relation (holding the lease)."""
     driven = invocations.invocations(con, events)
+    parents = forks.parents(con, events)
     table = []
     for row in queries.run_rows(con, events):
         invocation = driven.get(row.run)
+        parent = parents.get(row.run) or {}
         table.append({"run": row.run,
                       "notebook": (invocation and invocation.notebook) or row.notebook,
                       "status": _status(db, row.run, invocation, row.latest),
@@ -106,7 +109,8 @@ def _run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:
                       "started_at": row.created_at, "last_activity": row.last_activity,
                       "attempts": row.attempts,
                       "parameters": json.dumps(invocation.parameters, default=str)
-                      if invocation is not None else None})
+                      if invocation is not None else None,
+                      "forked_from": parent.get("run"), "forked_from_step": parent.get("step")})
     return table
 
 
@@ -127,7 +131,7 @@ def _process(pid: str | None, host: str | None, started: str | None) -> ProcessI
 
 
 RUNS_COLUMNS = ["run", "notebook", "status", "steps_completed", "steps_failed", "started_at",
-                "last_activity", "attempts", "parameters"]
+                "last_activity", "attempts", "parameters", "forked_from", "forked_from_step"]
 
 
 def _main_namespace() -> dict[str, Any] | None:
@@ -194,7 +198,7 @@ def log(run: str | None = None, *, log: LogArg = None) -> RunLog:
         replays = queries.replays(con, run)
         waits = queries.wait_rows(con, run)
         resets = records.run_resets(con, run)
-        summary = next(row for row in _run_table(con, db, events) if row["run"] == run)
+        summary = next(row for row in run_table(con, db, events) if row["run"] == run)
     pushed = list_events(run, log=db).to_dict("records")
     steps = _steps(attempts, replays, _waits(waits), resets)
     _add_children(steps, child_records.load_run(db, run))

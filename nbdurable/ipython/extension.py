@@ -65,6 +65,7 @@ def unload(shell) -> None:
     magics = shell.magics_manager.magics
     magics["cell"].pop("durable", None)
     magics["line"].pop("durable_run", None)
+    magics["line"].pop("durable_log", None)
     for name in (RUNTIME, MARKER):
         shell.user_ns.pop(name, None)
         shell.user_ns_hidden.pop(name, None)

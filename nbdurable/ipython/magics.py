@@ -1,4 +1,4 @@
-"""The ``%%durable`` and ``%durable_run`` magics."""
+"""The ``%%durable``, ``%durable_run`` and ``%durable_log`` magics."""
 
 from __future__ import annotations
 
@@ -54,3 +54,11 @@ class DurableMagics(Magics):
             settings.configure(run=run)
         current = settings.run_id(self.shell.user_ns if self.shell is not None else None)
         print(f"run {current!r} in log {settings.log_path()}")
+
+    @line_magic
+    def durable_log(self, line: str):
+        """A live view of a run (default: this notebook's), its steps, waits and events, with
+        actions: %durable_log [RUN]"""
+        from nbdurable.ipython.viewer import view
+
+        return view(line.strip() or None)

@@ -33,7 +33,7 @@ def _parent_msg_id(kernel) -> str | None:
     return (parent.get("header") or {}).get("msg_id")
 
 
-class _EventControls:
+class EventControls:
     """A button (and optionally a payload field) that pushes one event."""
 
     def __init__(self, key: str, *, run: str | None, log, label: str | None,
@@ -97,7 +97,7 @@ class WaitPanel:
         self.wait = wait
         self.status = w.HTML()
         self.error = w.HTML()
-        self.controls = [_EventControls(key, run=wait.run, log=wait.log, label=None, field=True,
+        self.controls = [EventControls(key, run=wait.run, log=wait.log, label=None, field=True,
                                         on_error=self._show_error)
                          for key in dict.fromkeys(wait.keys())]
         self.box = w.VBox([self.status, *[c.widget() for c in self.controls], self.error])
@@ -147,7 +147,7 @@ def event_button(key: str, payload: Any = None, *, run: str | None = None,
     """A button that pushes the event ``key`` (with ``payload``) to ``run`` (default: this
     notebook's) when clicked. Show it anywhere: another cell, another notebook on the log."""
     events.check_key(key)
-    return _EventControls(key, run=run, log=None, label=label, payload=payload,
+    return EventControls(key, run=run, log=None, label=label, payload=payload,
                           field=False).widget()
 
 
@@ -172,7 +172,7 @@ def _pump_for(kernel):
 
 #: comm id -> callback, fed by :func:`pump.watch_comms` (installed by the extension).
 registry = CommRegistry()
-_watched: dict[str, _EventControls] = {}
+_watched: dict[str, EventControls] = {}
 _watched_lock = threading.Lock()
 
 
@@ -181,7 +181,7 @@ def _comm_id(widget) -> str | None:
                                                        "comm_id", None)
 
 
-def _watch(controls: _EventControls) -> None:
+def _watch(controls: EventControls) -> None:
     """Let the shell-channel watcher see clicks on this button sent while a cell is queued."""
     widgets = [controls.button] + ([controls.field] if controls.field is not None else [])
     for widget in widgets:
@@ -192,7 +192,7 @@ def _watch(controls: _EventControls) -> None:
             registry.register(comm_id, _on_queued_message)
 
 
-def _unwatch(controls: _EventControls) -> None:
+def _unwatch(controls: EventControls) -> None:
     with _watched_lock:
         ids = [cid for cid, c in _watched.items() if c is controls]
         for cid in ids:

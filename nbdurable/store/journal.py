@@ -77,10 +77,9 @@ _INSERT_MISSING = (f"INSERT INTO events SELECT r.* EXCLUDE (seq) FROM temp.{_STA
                    " EXISTS (SELECT 1 FROM events e WHERE e.run = r.run AND e.step IS NOT DISTINCT"
                    " FROM r.step AND e.attempt IS NOT DISTINCT FROM r.attempt AND e.kind = r.kind"
                    " AND e.ts = r.ts) ORDER BY r.seq")
-_STAGE_CHUNK = 256  # rows per staging statement (7 parameters each)
 _DRAIN_TIMEOUT = 10.0
 _BATCH_WINDOW = 0.05  # seconds the writer waits for more attempts to insert together
-_BUSY_INTERVAL = 0.5  # while events keep coming, at most one insert per this many seconds
+_BUSY_INTERVAL = 2.0  # while events keep coming, at most one insert per this many seconds
 _RETRY_FIRST, _RETRY_CAP = 0.2, 10.0  # backoff of a batch that did not reach the log
 _KINDS = frozenset(schema.Kind)
 
@@ -270,15 +269,15 @@ class Journal:
             return False
 
     def _insert(self, pending: list[Any], *, again: bool) -> bool:
-        from nbdurable.store.records import combine_rows
+        from nbdurable.store.records import insert_rows
 
         rows = [r for batch, _ in pending for r in batch]
         try:
-            if again:  # an earlier try may have committed before it failed: skip what is there
-                with self.log.transaction(announce=False) as con:
+            with self.log.transaction(announce=False) as con:
+                if again:  # an earlier try may have committed before it failed: skip those
                     insert_missing(con, rows)
-            else:
-                self.log.execute(*combine_rows(rows), announce=False)
+                else:
+                    insert_rows(con, rows)
         except Exception as exc:  # the log is held, full or damaged: the rows stay here
             self._stalled = first_line(exc)
             return False
@@ -401,13 +400,11 @@ def insert_missing(con: Connection, rows: list[Row]) -> None:
     order: staged in a temporary table, then one anti-join (one statement per row cost ~1 ms
     each: 0.5 s for a killed map's 500 children). Order matters: an attempt's start must
     precede its outcome, and a join does not keep it by itself."""
+    from nbdurable.store.records import insert_rows
+
     unique = list({_identity(r): r for r in rows}.values())
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_STAGE} AS SELECT *, 0 AS seq FROM events LIMIT 0")
-    for i in range(0, len(unique), _STAGE_CHUNK):
-        chunk = unique[i:i + _STAGE_CHUNK]
-        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-        con.execute(f"INSERT INTO temp.{_STAGE} VALUES {values}",
-                    [p for n, r in enumerate(chunk, i) for p in (*r, n)])
+    insert_rows(con, unique, into=f"temp.{_STAGE}", seq=True)
     con.execute(_INSERT_MISSING)
     con.execute(f"DROP TABLE temp.{_STAGE}")
 

@@ -130,6 +130,51 @@ def pushed(con: Connection, run: str) -> list[Pushed]:
     return found
 
 
+@dataclass(frozen=True)
+class Listed:
+    """An event as a viewer lists it: its payload as JSON text, who consumed it if anyone."""
+
+    id: str
+    key: str
+    pushed_at: datetime
+    payload: str
+    consumed: Consumption | None
+
+
+RECENT_SQL = """
+WITH used AS (
+    SELECT unnest(json_extract_string(body, '$.consumed[*]')) AS id, step, body ->> 'wait' AS wait,
+           ts AS used_at
+    FROM events WHERE run = ? AND kind = ?),
+pushes AS (
+    SELECT rowid AS place, ts, body ->> 'id' AS id, body ->> 'key' AS key,
+           CAST(body -> 'payload' AS VARCHAR) AS payload
+    FROM events WHERE run = ? AND kind = ?),
+listed AS (
+    SELECT p.*, u.step, u.wait, u.used_at, u.id IS NOT NULL AS used,
+           count(*) OVER (PARTITION BY u.id IS NOT NULL) AS total,
+           row_number() OVER (PARTITION BY u.id IS NOT NULL ORDER BY p.place DESC) AS newest
+    FROM pushes p LEFT JOIN used u USING (id))
+SELECT id, key, ts, payload, used, step, wait, used_at, total FROM listed WHERE newest <= ?
+ORDER BY place
+"""
+
+
+def recent(con: Connection, run: str, limit: int) -> tuple[list[Listed], dict[str, int]]:
+    """The ``limit`` most recent pending and consumed events of ``run`` (oldest first), and how
+    many there are of each (``{"pending": n, "consumed": m}``): counted by the database, only
+    those listed are decoded."""
+    rows = con.execute(RECENT_SQL, [run, schema.Kind.WAIT_COMPLETED, run,
+                                    schema.Kind.EVENT_PUSHED, limit]).fetchall()
+    totals = {"pending": 0, "consumed": 0}
+    listed = []
+    for event_id, key, ts, payload, used, step, wait, at, total in rows:
+        totals["consumed" if used else "pending"] = total
+        listed.append(Listed(event_id, key, ts, payload or "null",
+                             Consumption(step, wait, at) if used else None))
+    return listed, totals
+
+
 def consumptions(con: Connection, run: str) -> dict[str, Consumption]:
     """id -> the wait that consumed it."""
     rows = con.execute("SELECT step, ts, body FROM events WHERE run = ? AND kind = ?"

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nbdurable.errors import UsageError, first_line
-from nbdurable.store import journal, schema
+from nbdurable.store import journal, records, schema
 
 if TYPE_CHECKING:  # pragma: no cover
     from duckdb import DuckDBPyConnection as Connection
@@ -97,7 +97,7 @@ def with_journals(con: Connection, db: LogDB, run: str | None) -> str:
     if not pending:
         return "events"
     con.execute("CREATE OR REPLACE TEMP TABLE nbdurable_pending AS FROM events LIMIT 0")
-    con.executemany("INSERT INTO temp.nbdurable_pending VALUES (?, ?, ?, ?, ?, ?, ?)", pending)
+    records.insert_rows(con, pending, into="temp.nbdurable_pending")
     return "(SELECT DISTINCT * FROM (FROM events UNION ALL FROM temp.nbdurable_pending))"
 
 
@@ -126,6 +126,49 @@ def attempt_lines(con: Connection, events: str, run: str) -> list[AttemptLine]:
         f" FROM ({_attempts(events)}) WHERE run = ? ORDER BY started_at, attempt",
         [run]).fetchall()
     return [AttemptLine(*row) for row in rows]
+
+
+class StepLine(NamedTuple):
+    """A step's latest attempt, as the viewer shows it; ``outcome``: its finished body (JSON
+    text) or None while running."""
+
+    step: str
+    attempt: int
+    attempts: int
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    reason: str | None
+    forced: bool | None
+    error: str | None
+    error_message: str | None
+    pid: int | None
+    host: str | None
+    process_started: int | None
+    outcome: str | None
+
+
+STEP_LINES_SQL = """
+SELECT s.step, s.attempt, count(*) OVER (PARTITION BY s.step) AS attempts,
+       coalesce(f.body ->> 'status', 'running'), s.ts, f.ts,
+       CAST(f.body ->> 'duration_s' AS DOUBLE), s.body ->> 'reason',
+       CAST(s.body ->> 'forced' AS BOOLEAN), f.body ->> '$.error.ename',
+       f.body ->> '$.error.evalue', CAST(s.body ->> 'pid' AS INTEGER), s.body ->> 'host',
+       CAST(s.body ->> 'started' AS BIGINT), f.body
+FROM {events} s
+LEFT JOIN {events} f ON f.kind = 'attempt_finished' AND f.run = s.run AND f.step = s.step
+    AND f.attempt = s.attempt
+WHERE s.kind = 'attempt_started' AND s.run = ?
+QUALIFY row_number() OVER (PARTITION BY s.step ORDER BY s.attempt DESC) = 1
+ORDER BY min(s.ts) OVER (PARTITION BY s.step), s.step
+"""
+
+
+def step_lines(con: Connection, events: str, run: str) -> list[StepLine]:
+    """Each step's latest attempt, in the order the steps first ran."""
+    rows = con.execute(STEP_LINES_SQL.format(events=events), [run]).fetchall()
+    return [StepLine(*row) for row in rows]
 
 
 def replays(con: Connection, run: str) -> dict[str, tuple[int, datetime]]:

@@ -153,6 +153,43 @@ def combine_rows(rows: list[list[Any]]) -> Statement:
     return f"INSERT INTO events VALUES {values}", [p for row in rows for p in row]
 
 
+EVENT_COLUMNS = ("run", "step", "attempt", "kind", "ts", "body", "data")
+_COLUMNAR_MIN = 32  # rows from which a columnar insert beats one VALUES statement
+_COLUMNAR = "nbdurable_rows"
+
+
+def insert_rows(con: Connection, rows: Sequence[Sequence[Any]], *, into: str = "events",
+                seq: bool = False) -> None:
+    """Event rows into table ``into`` in one statement (all or nothing); ``seq``: with a last
+    column numbering them. From ``_COLUMNAR_MIN`` rows on, as columns DuckDB scans (1,000 rows:
+    5 ms of CPU, against 136 ms for a statement of 7,000 parameters, which DuckDB binds one by
+    one; a stream of children's results would otherwise hold the GIL the kernel needs)."""
+    if not rows:
+        return
+    width = len(EVENT_COLUMNS) + seq
+    numbered = [(*row, n) for n, row in enumerate(rows)] if seq else rows
+    if len(rows) < _COLUMNAR_MIN:
+        values = ", ".join([f"({', '.join('?' * width)})"] * len(rows))
+        con.execute(f"INSERT INTO {into} VALUES {values}", [p for r in numbered for p in r])
+        return
+    con.register(_COLUMNAR, _columns(numbered, width))
+    try:
+        con.execute(f"INSERT INTO {into} SELECT * FROM {_COLUMNAR}")
+    finally:
+        con.unregister(_COLUMNAR)
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> dict[str, Any]:
+    import numpy as np  # pandas' dependency; imported on the first large insert only
+
+    columns = {}
+    for i in range(width):
+        column = np.empty(len(rows), dtype=object)
+        column[:] = [row[i] for row in rows]
+        columns[f"c{i}"] = column
+    return columns
+
+
 def attempt_finished(attempt: Attempt, *, error: dict[str, Any] | None) -> Statement:
     """The outcome, with the variables the attempt produced: one row, so atomic."""
     payloads = Payloads()
