@@ -185,3 +185,28 @@ def test_await_form_gets_clicks_on_ipykernel_7_4(tmp_path):
         reply = fe.reply_to(msg_id)
         assert reply["content"]["status"] == "ok", reply["content"]
         assert k.execute("print(v)").stream() == "5\n"
+
+
+def test_a_replayed_wait_shows_what_fired_not_the_panel(tmp_path):
+    """The panel was recorded with the cell's outputs as a widget; its replay must not show the
+    widget's repr (``VBox(children=(HTML(value='⏳ waiting for…``), which reads as waiting."""
+    import nbdurable
+
+    cell = "%%durable gate\nimport nbdurable\nprint(nbdurable.wait_for_event('go', timeout=60))"
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD + "\n%durable_run gated")
+        k.execute("%%durable first\nx = 1")
+        fe = FrontEnd(k)
+        msg_id = k.send(cell)
+        fe.button("go")  # the panel is shown
+        nbdurable.push_event("go", "yes", run="gated", log=tmp_path / "log.duckdb")
+        assert fe.reply_to(msg_id)["content"]["status"] == "ok"
+    with Kernel(tmp_path) as k:
+        k.execute(LOAD + "\n%durable_run gated")
+        k.execute("%%durable first\nx = 1")
+        r = k.execute(cell)
+    assert r.notices()[0]["kind"] == "replayed"
+    assert "yes" in r.stream() and "event `go` fired" in r.stream()
+    shown = [o for o in r.outputs if o["msg_type"] in ("display_data", "execute_result")]
+    assert not any("VBox(" in str(o["content"]["data"]) or "waiting for" in
+                   str(o["content"]["data"]) for o in shown), shown

@@ -252,11 +252,13 @@ def _send_display(shell, data: dict, metadata: dict, transient: dict, update: bo
 
 
 def _without_widgets(data: dict) -> dict:
-    """Widget views cannot come back from a recording (their comms are gone): keep the rest."""
+    """Widget views cannot come back from a recording (their comms are gone), and their
+    ``text/plain`` is only the widget's repr (``VBox(children=(HTML(value='⏳ waiting for…``,
+    which reads as if the replay waited): keep what else the bundle has (the viewer's
+    ``text/html``), else nothing."""
     if WIDGET_VIEW not in data:
         return data
-    rest = {k: v for k, v in data.items() if k != WIDGET_VIEW}
-    return rest if set(rest) - {"text/plain"} or rest.get("text/plain") else {}
+    return {k: v for k, v in data.items() if k not in (WIDGET_VIEW, "text/plain")}
 
 
 def notice(shell, text: str, *, kind: str, detail: dict) -> None:

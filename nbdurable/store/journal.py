@@ -79,7 +79,7 @@ _INSERT_MISSING = (f"INSERT INTO events SELECT r.* EXCLUDE (seq) FROM temp.{_STA
                    " AND e.ts = r.ts) ORDER BY r.seq")
 _DRAIN_TIMEOUT = 10.0
 _BATCH_WINDOW = 0.05  # seconds the writer waits for more attempts to insert together
-_BUSY_INTERVAL = 2.0  # while events keep coming, at most one insert per this many seconds
+_BUSY_INTERVAL = 0.5  # while events keep coming, at most one insert per this many seconds
 _RETRY_FIRST, _RETRY_CAP = 0.2, 10.0  # backoff of a batch that did not reach the log
 _KINDS = frozenset(schema.Kind)
 
