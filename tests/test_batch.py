@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -338,6 +339,20 @@ def _newer_log(work: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def ran_once(tmp_path_factory) -> Path:
+    """A directory with user files and a log holding run r0 (one real run, copied per case)."""
+    work = tmp_path_factory.mktemp("ran-once")
+    write_notebook(work / "crashy.ipynb", CRASHY)
+    (work / "notes.txt").write_text("my notes\n")
+    (work / "crashed.once").touch()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
+    nbformat.write(nb, work / "nokernel.ipynb")  # no kernelspec
+    assert nbdurable("run", "crashy.ipynb", "first.ipynb", "--run-id", "r0",
+                     cwd=work).returncode == 0
+    return work
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "missing.ipynb"], "notebook missing.ipynb not found"),
     (["run", "notes.txt"], "is not a readable notebook"),
@@ -361,13 +376,9 @@ def _newer_log(work: Path) -> Path:
     (["runs", "--log", "typo.duckdb"], "there is no log at"),
     (["log", "r0", "--log", "sub/typo.duckdb"], "there is no log at"),
 ])
-def test_bad_input_is_one_line_and_changes_nothing(work, args, message):
-    (work / "notes.txt").write_text("my notes\n")
-    (work / "crashed.once").touch()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
-    nbformat.write(nb, work / "nokernel.ipynb")  # no kernelspec
-    assert nbdurable("run", "crashy.ipynb", "first.ipynb", "--run-id", "r0",
-                     cwd=work).returncode == 0
+def test_bad_input_is_one_line_and_changes_nothing(ran_once, tmp_path, args, message):
+    work = tmp_path / "work"
+    shutil.copytree(ran_once, work)
     files = {"{foreign}": _foreign_log(work), "{newer}": _newer_log(work)}
     args = [str(files.get(a, a)) for a in args]
     before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}

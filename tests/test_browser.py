@@ -223,6 +223,30 @@ def test_approval_waits_for_a_click_then_replays_after_a_restart(page, lab):
     assert sends["key"].tolist() == ["approve"]
 
 
+def test_a_reloaded_page_gets_the_waiting_cells_buttons_back(page, lab):
+    """Reload the tab while a cell waits for a click (the kernel is busy): the saved notebook's
+    buttons come back alive, and a click in the reloaded page ends the wait."""
+    open_notebook(page, lab, "02-approval.ipynb")
+    run_all(page)
+    button(page, "reject").wait_for(timeout=LONG)
+    command(page, "docmanager:save")  # what autosave does every 2 minutes
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    page.reload()
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=LONG)
+    again = button(page, "approve")
+    again.wait_for(timeout=LONG)
+    shot(page, "3-reloaded-waiting")
+    again.click()
+    page.wait_for_selector("text=/event .approve. fired/")  # the panel in the new page updated
+    log = lab.root / ".nbdurable" / "log.duckdb"
+    deadline = time.monotonic() + LONG / 1000
+    while _completed(log) != {"review", "publish"}:  # the cell went on, and the next one ran
+        assert time.monotonic() < deadline, f"the run did not go on: {_completed(log)}"
+        time.sleep(0.2)
+    assert nbdurable.list_events("02-approval.ipynb", log=log)["key"].tolist() == ["approve"]
+    shot(page, "3-reloaded-clicked")
+
+
 def test_the_viewer_follows_a_run_and_acts_on_it(page, lab):
     (lab.root / "viewer.ipynb").write_text(_notebook(
         "%load_ext nbdurable\nimport nbdurable",
@@ -262,6 +286,11 @@ def test_example_notebooks_run_all_in_the_browser(page, lab, name):
         bar.wait_for()
         assert "width: 100%" in (bar.get_attribute("style") or "")
     shot(page, f"5-{name.removesuffix('.ipynb')}")
+
+
+def _completed(log: Path) -> set[str]:
+    steps = nbdurable.history("02-approval.ipynb", log=log)
+    return set(steps[steps["status"] == "completed"]["step"])
 
 
 def _notebook(*sources: str) -> str:
