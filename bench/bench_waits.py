@@ -53,7 +53,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_latency(work: Path, n: int) -> list[float]:
+def bench_latency(work: Path, n: int, pusher_code: str = PUSHER,
+                  extra: tuple[str, ...] = ()) -> list[float]:
+    """Latency of each of ``n`` events, pushed by ``pusher_code`` (argv: n, ready file,
+    *extra) in another process."""
     ready = work / "ready"
     ready.write_text("-1")
     cell = textwrap.dedent(f"""
@@ -70,7 +73,8 @@ def bench_latency(work: Path, n: int) -> list[float]:
         k.execute("%%durable setup\nx = 1")
         msg_id = k.kc.execute(cell)
         env = {**os.environ, **kernel_env(work)}
-        pusher = subprocess.Popen([sys.executable, "-c", PUSHER, str(n), str(ready)], env=env,
+        pusher = subprocess.Popen([sys.executable, "-c", pusher_code, str(n), str(ready),
+                                   *extra], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         reply = k.reply_to(msg_id)
         assert reply["content"]["status"] == "ok", reply["content"]

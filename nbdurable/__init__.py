@@ -56,6 +56,7 @@ _LAZY = {
     "children": "nbdurable.engine.history",
     "set_result": "nbdurable.engine.results",
     "spawn_notebook": "nbdurable.batch.children",
+    "serve": "nbdurable.http.serve",
 }
 
 __all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension", "__version__"])
@@ -73,6 +74,11 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The Jupyter server extension (events over HTTP): :mod:`nbdurable.http.jupyter`."""
+    return [{"module": "nbdurable.http.jupyter"}]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -155,6 +161,9 @@ if TYPE_CHECKING:  # pragma: no cover
         ChildError as ChildError,
         NbdurableError as NbdurableError,
         WaitTimeout as WaitTimeout,
+    )
+    from nbdurable.http.serve import (
+        serve as serve,
     )
     from nbdurable.ipython.panel import (
         event_button as event_button,

@@ -34,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     _reset_parser(sub)
     _fork_parser(sub)
     _event_parser(sub)
+    _serve_parser(sub)
     _trust_parser(sub)
     _sql_parser(sub)
     _gc_parser(sub)
@@ -132,6 +133,27 @@ def _event_parser(sub: Subparsers) -> None:
                        "List RUN's events, oldest first, pending and consumed.")
     listing.add_argument("run", metavar="RUN", help="the run id")
     listing.set_defaults(handler=_event_list)
+
+
+def _serve_parser(sub: Subparsers) -> None:
+    cmd = sub.add_parser("serve", help="take events over HTTP (webhooks), with a token",
+                         epilog=EPILOG, description="Serve nbdurable's HTTP API: POST "
+                         "/nbdurable/api/runs/RUN/events/KEY pushes an event; GET .../runs, "
+                         ".../runs/RUN, .../runs/RUN/events read the log. Requests need the "
+                         "bearer token (NBDURABLE_TOKEN, else generated and printed once) or a "
+                         "body signed with the webhook secret. (library: nbdurable.serve)")
+    cmd.add_argument("--log", metavar="PATH", help="the default log (default: NBDURABLE_LOG, "
+                     "else .nbdurable/log.duckdb in the working directory); ?log=PATH picks "
+                     "another under the working directory")
+    cmd.add_argument("--host", default="127.0.0.1",
+                     help="the address to listen on (default: %(default)s, this machine only)")
+    cmd.add_argument("--port", type=_port, default=8765, help="default: %(default)s; 0 picks "
+                     "a free one")
+    cmd.add_argument("--webhook-secret-file", metavar="FILE", help="check bodies signed with "
+                     "this secret (X-Hub-Signature-256: sha256=HEX, GitHub's scheme)")
+    cmd.add_argument("--max-body", metavar="BYTES", type=_count, default=1 << 20,
+                     help="the largest event body accepted (default: %(default)s)")
+    cmd.set_defaults(handler=_serve)
 
 
 def _trust_parser(sub: Subparsers) -> None:
@@ -255,6 +277,17 @@ def _event_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from nbdurable import serve
+
+    try:
+        serve(args.log, host=args.host, port=args.port,
+              webhook_secret_file=args.webhook_secret_file, max_body=args.max_body)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _event_list(args: argparse.Namespace) -> int:
     from nbdurable.engine.events import list_events
 
@@ -304,17 +337,9 @@ def _trust(args: argparse.Namespace) -> int:
 
 def _existing_log(given: str | None) -> str:
     """The log a reading command uses: it must exist (a missing one is a typo, not a new log)."""
-    from nbdurable import settings
-    from nbdurable.errors import UsageError
-    from nbdurable.store.logdb import sniff
+    from nbdurable.engine.context import existing_log
 
-    path = settings.check_log_arg(given) if given else settings.log_path()
-    if not path.is_file():
-        where = "--log" if given else "NBDURABLE_LOG, or the default in this directory"
-        raise UsageError(f"there is no log at {path} ({where}); give the log of your runs with "
-                         "--log PATH")
-    sniff(path)
-    return str(path)
+    return str(existing_log(given))
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -346,6 +371,12 @@ def _print_frame(frame: Any, as_json: bool, empty: str) -> None:  # a DataFrame
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
     return int(text)
 
 

@@ -26,6 +26,39 @@ class UsageError(NbdurableError, ValueError):
     """A call, a magic or a command was used with bad arguments."""
 
 
+class EventIdConflictError(UsageError):
+    """An event id was pushed before with another key or payload (an id names one event)."""
+
+
+class NoLogError(UsageError):
+    """A command that reads a log was given a path where there is none (a typo, not a new log)."""
+
+
+class RequestError(NbdurableError):
+    """An HTTP request that ``nbdurable serve`` or the Jupyter server extension refuses;
+    ``status`` is the HTTP status it is answered with."""
+
+    status = 400
+
+
+class NotAuthenticatedError(RequestError):
+    """No credentials, or a webhook body whose signature does not match."""
+
+    status = 401
+
+
+class ForbiddenError(RequestError):
+    """Credentials that are wrong, or a ``?log=`` path outside the server's root directory."""
+
+    status = 403
+
+
+class BodyTooLargeError(RequestError):
+    """A request body over the server's size limit."""
+
+    status = 413
+
+
 class ConfigError(NbdurableError):
     """The configuration (``NBDURABLE_LOG``, ``NBDURABLE_RUN``, ``configure``) is invalid."""
 

@@ -12,6 +12,7 @@ import queue
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,18 @@ def wait_for_file(path: Path, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear within {timeout}s")
         time.sleep(0.01)
+
+
+def approval_cell(counter: Path) -> str:
+    """A durable cell ``approval`` that counts its executions in ``counter`` (a side effect),
+    then waits for the event ``approve`` and prints its payload."""
+    return textwrap.dedent(f"""
+        %%durable approval
+        open({str(counter)!r}, 'a').write('x\\n')
+        import nbdurable
+        answer = nbdurable.wait_for_event("approve")
+        print("got", answer)
+    """).strip()
 
 
 def count(path: Path) -> int:

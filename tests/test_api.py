@@ -30,11 +30,13 @@ PUBLIC = {
     "configure", "errors", "event_button", "fork", "gc", "history", "list_events",
     "load_ipython_extension", "log", "once", "once_reset", "once_resolve", "push_event", "reset",
     "run", "runs", "sleep", "sleep_async", "sql", "step", "trust", "unload_ipython_extension",
-    "view",
+    "serve", "view",
     "wait_all", "wait_all_async", "wait_any", "wait_any_async", "wait_for_event",
     "wait_for_event_async",
 }
 ERRORS = {
+    "BodyTooLargeError", "EventIdConflictError", "ForbiddenError", "NoLogError",
+    "NotAuthenticatedError", "RequestError",
     "CheckpointError", "ChildError", "ConfigError", "LogBusyError", "LogCorruptError", "LogError",
     "LogVersionError", "NbdurableError", "NotALogError", "OnceInDoubtError", "RunBusyError",
     "SignatureError", "StepError", "UnknownRunError", "UsageError", "WaitMismatchError",

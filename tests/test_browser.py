@@ -275,6 +275,34 @@ def test_the_viewer_follows_a_run_and_acts_on_it(page, lab):
     shot(page, "4-viewer-reset")
 
 
+_POST = """async ([run, xsrf]) => {
+    const headers = xsrf ? {"X-XSRFToken": decodeURIComponent(
+        document.cookie.match(/_xsrf=([^;]+)/)[1])} : {};
+    const reply = await fetch(`${window.location.pathname.split("lab")[0]}nbdurable/api/runs/`
+                              + `${run}/events/from-browser`, {method: "POST", body: "1", headers});
+    return [reply.status, await reply.text()];
+}"""
+
+
+def test_the_jupyter_extension_takes_the_browsers_session_with_xsrf(page, lab, monkeypatch):
+    """Inside JupyterLab the extension's POST takes the page's login cookie, with the XSRF
+    header Jupyter requires; without the header the same cookie is refused."""
+    from nbdurable import settings
+
+    log = lab.root / ".nbdurable" / "log.duckdb"  # the server's default: under its root
+    monkeypatch.setenv("NBDURABLE_LOG", str(log))
+    monkeypatch.setenv("NBDURABLE_RUN", "r1")
+    settings.reset()
+    nbdurable.once("create-the-run", lambda: None)
+    open_notebook(page, lab, "01-quickstart.ipynb")  # logs in: the token sets the cookie
+    status, text = page.evaluate(_POST, ["r1", False])
+    assert status == 403 and "xsrf" in text.lower(), text
+    status, text = page.evaluate(_POST, ["r1", True])
+    assert status == 201 and json.loads(text)["key"] == "from-browser", text
+    assert nbdurable.list_events("r1", log=log)["key"].tolist() == ["from-browser"]
+    settings.reset()
+
+
 @pytest.mark.parametrize("name", ["01-quickstart.ipynb", "04-fanout.ipynb"])
 def test_example_notebooks_run_all_in_the_browser(page, lab, name):
     open_notebook(page, lab, name)

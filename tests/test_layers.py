@@ -4,7 +4,7 @@
   imports no other part of nbdurable but the foundation;
 - ``store/`` imports only the foundation and itself; it alone runs SQL and imports DuckDB;
 - ``engine/`` imports only the foundation, the store and itself;
-- adapters (``ipython/``, ``batch/``, ``cli``, ``demo``) do not import each other's modules
+- adapters (``ipython/``, ``batch/``, ``http/``, ``cli``, ``demo``) do not import each other's modules
   (the CLI calls the public API, ``nbdurable.X``); only ``ipython/`` imports IPython, ipykernel
   or ipywidgets;
 - no import cycle (imports inside functions included; those only for type checkers are not run);
@@ -29,7 +29,8 @@ ALLOWED = {  # layer -> the layers it may import
     "batch": {"foundation", "store", "engine", "batch", "package"},
     "cli": {"foundation", "store", "engine", "package", "demo"},  # `nbdurable demo`
     "demo": {"foundation", "store", "engine", "package"},
-    "package": {"foundation", "engine", "ipython", "batch", "package"},  # the lazy public API
+    "http": {"foundation", "engine", "http"},
+    "package": {"foundation", "engine", "ipython", "batch", "http", "package"},  # the public API
 }
 KERNEL_SIDE = ("IPython", "ipykernel", "ipywidgets", "comm")
 
@@ -47,7 +48,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "package"
-    if parts[1] in ("store", "engine", "ipython", "batch"):
+    if parts[1] in ("store", "engine", "ipython", "batch", "http"):
         return parts[1]
     if parts[1] in FOUNDATION:
         return "foundation"

@@ -9,7 +9,7 @@ import textwrap
 import time
 
 import pytest
-from kernels import Kernel, count, wait_for_file
+from kernels import Kernel, approval_cell, count, wait_for_file
 
 import nbdurable
 from nbdurable import settings
@@ -219,13 +219,7 @@ def test_many_processes_push_concurrently_none_lost_none_doubled(log, tmp_path):
 
 def test_event_from_the_cli_releases_a_waiting_cell_then_replays(tmp_path, ipykernel_python):
     counter = tmp_path / "count"
-    cell = textwrap.dedent(f"""
-        %%durable approval
-        open({str(counter)!r}, 'a').write('x\\n')
-        import nbdurable
-        answer = nbdurable.wait_for_event("approve")
-        print("got", answer)
-    """).strip()
+    cell = approval_cell(counter)
     log = tmp_path / "log.duckdb"
     with Kernel(tmp_path, python=ipykernel_python) as k:
         k.execute(LOAD)

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from nbdurable.errors import UsageError
+from nbdurable.errors import NoLogError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from nbdurable.store.logdb import LogDB
@@ -127,3 +128,18 @@ def resolve_log(log: LogArg = None) -> LogDB:
     if not hasattr(log, "transaction"):
         raise UsageError(f"log must be a path or an open log, got {type(log).__name__}")
     return log
+
+
+def existing_log(given: str | os.PathLike[str] | None, where: str = "--log") -> Path:
+    """The path of a log that a reading command uses: it must exist and be a DuckDB file (a
+    missing one is a typo, not a new log); nothing is created or opened for writing."""
+    from nbdurable import settings
+    from nbdurable.store.logdb import sniff
+
+    path = settings.check_log_arg(given) if given else settings.log_path()
+    if not path.is_file():
+        where = where if given else "NBDURABLE_LOG, or the default in this directory"
+        raise NoLogError(f"there is no log at {given or path} ({where}); give the log of your "
+                         "runs with --log PATH")
+    sniff(path)
+    return path

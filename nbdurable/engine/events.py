@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nbdurable import processes
 from nbdurable.engine import context
 from nbdurable.engine.context import LogArg
-from nbdurable.errors import LogError, UsageError
+from nbdurable.errors import EventIdConflictError, LogError, UsageError
 from nbdurable.store import files, mailbox, spool
 from nbdurable.store.runs import require_run
 
@@ -60,7 +60,7 @@ def _encodable(value: Any) -> bool:
 def _check_same_event(event_id: str, key: str, payload: Any, earlier: dict[str, Any]) -> None:
     """A retried push is the same event; another event under a used id is a mistake."""
     if (earlier["key"], earlier["payload"]) != (key, payload):
-        raise UsageError(f"event id {event_id!r} was already pushed, with key "
+        raise EventIdConflictError(f"event id {event_id!r} was already pushed, with key "
                          f"{earlier['key']!r} and another payload or key; an id names one "
                          "event: give a new id (or none)")
 
