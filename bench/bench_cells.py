@@ -120,14 +120,17 @@ def _execute_cell(eng: engine.Engine, name: str, source: str) -> float:
     return time.perf_counter() - t
 
 
-def _pickle_baseline(arr, path: Path) -> tuple[float, float]:
-    """(pickle.dump + flush + fsync, pickle.load) of ``arr`` to a new file, in seconds."""
+def _pickle_baseline(arr, path: Path, before_load=None) -> tuple[float, float]:
+    """(pickle.dump + flush + fsync, pickle.load) of ``arr`` to a new file, in seconds;
+    ``before_load()`` runs between them, untimed (e.g. dropping the page cache)."""
     t = time.perf_counter()
     with open(path, "wb") as f:
         pickle.dump(arr, f, protocol=5)
         f.flush()
         os.fsync(f.fileno())
     dump = time.perf_counter() - t
+    if before_load is not None:
+        before_load()
     t = time.perf_counter()
     with open(path, "rb") as f:
         pickle.load(f)

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
-import os
-import pickle
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import xxhash
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bench_cells  # noqa: E402  (its pickle baseline)
 
 
 def _drop_caches() -> None:
@@ -23,17 +26,7 @@ def _drop_caches() -> None:
 
 
 def _once(path: Path, value: np.ndarray) -> tuple[float, float, float]:
-    t = time.perf_counter()
-    with open(path, "wb") as f:
-        pickle.dump(value, f, protocol=5)
-        f.flush()
-        os.fsync(f.fileno())
-    dump = time.perf_counter() - t
-    _drop_caches()
-    t = time.perf_counter()
-    with open(path, "rb") as f:
-        pickle.load(f)
-    load = time.perf_counter() - t
+    dump, load = bench_cells._pickle_baseline(value, path, before_load=_drop_caches)
     t = time.perf_counter()
     xxhash.xxh3_128_hexdigest(memoryview(value).cast("B"))
     return dump, load, time.perf_counter() - t
@@ -47,5 +40,4 @@ def measure(work: Path) -> dict[str, float]:
         runs = [_once(work / f"floor-{mb}.pkl", value) for _ in range(3)]
         for i, name in enumerate(("store", "restore", "xxh3")):
             figures[f"array_{mb}mb_{name}_s"] = statistics.median(r[i] for r in runs)
-        (work / f"floor-{mb}.pkl").unlink()
     return figures

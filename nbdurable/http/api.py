@@ -18,7 +18,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -187,19 +186,15 @@ _STATUSES: tuple[tuple[type[NbdurableError], int], ...] = (
 
 
 def plain(value: Any) -> Any:
-    """JSON data: datetimes as ISO text, enums as their value, NaN/infinity as null."""
+    """JSON data: datetimes (and pandas timestamps) as ISO text, NaN/infinity as null."""
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if hasattr(value, "isoformat"):  # pandas Timestamp
-        return value.isoformat()
     return value
 
 
