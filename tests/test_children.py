@@ -4,6 +4,7 @@ process pool, killed with SIGKILL in the middle of a fan-out; side effects count
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -308,6 +309,36 @@ def test_outside_a_durable_cell_children_run_without_a_log(no_log, executor):
     assert re.fullmatch(r"map#\d+\[1\]", info.value.key), info.value.key
     assert isinstance(info.value.error, KeyError) and "KeyError" in info.value.child_traceback
     assert not no_log.exists(), "no log is created outside a durable cell"
+
+
+def exit_on_three(x):
+    if x == 3:
+        os._exit(1)  # the Dask worker running this child dies
+    return fail_on_two(x)
+
+
+def test_on_dask_a_dead_worker_and_a_raising_child_are_child_errors(no_log):
+    """Results come back in batched gathers; a task that never finished (its worker died:
+    ``KilledWorker``) and a child that raised are each a failed child, not a hang."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
+            Client(cluster) as client:
+        with pytest.raises(ChildError) as info:
+            nbdurable.map(exit_on_three, range(6), executor=client)
+        failed = re.match(r"(\d) of 6 children failed", str(info.value))
+        assert failed and int(failed[1]) >= 2, info.value  # 2 and 3, maybe 3's neighbours
+        two, three = (nbdurable.spawn(exit_on_three, x, executor=client) for x in (2, 3))
+        errors = {}
+        for child in nbdurable.as_completed([two, three], timeout=120):
+            with pytest.raises(ChildError) as info:
+                child.result()
+            errors[child.key] = type(info.value.error).__name__
+        assert errors == {two.key: "KeyError", three.key: "KilledWorker"}, errors
+        assert nbdurable.map(triple, [1, 2], executor=client) == [3, 6]  # the client goes on
 
 
 def test_any_executor_and_configure(no_log):

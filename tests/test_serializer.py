@@ -28,6 +28,19 @@ def test_plain_values_roundtrip_and_digest_is_stable():
     assert serializer.pack(value).digest != serializer.pack({**value, "a": [1]}).digest
 
 
+@pytest.mark.parametrize("value", [0, -7, 2**80, 3.25, float("inf"), "", "é" * 70_000,
+                                   b"\x00" * 70_000, True, None])
+def test_plain_scalars_encode_exactly_as_the_general_pickler_does(value, monkeypatch):
+    """Their fast path must not change a byte: recorded fingerprints of map items, @step
+    arguments and results stay valid across versions."""
+    fast = serializer.pack(value)
+    monkeypatch.setattr(serializer, "_PLAIN_SCALARS", frozenset())
+    general = serializer.pack(value)
+    assert (fast.digest, fast.size, fast.to_bytes()) == \
+        (general.digest, general.size, general.to_bytes())
+    assert roundtrip(value) == value
+
+
 @pytest.mark.parametrize("via_file", [False, True])
 def test_large_arrays_go_out_of_band_and_come_back_writable(via_file):
     arr = np.arange(1_000_000, dtype=np.float64)

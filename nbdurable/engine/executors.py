@@ -192,11 +192,20 @@ class _LocalPool(_Packed):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+#: How long the Dask follower lets results gather between two batches. Each finished task
+#: wakes a thread waiting on Dask's ``as_completed``; a follower that sleeps between batches is
+#: woken ~20 times a second instead of once per task, leaves the GIL to the client's event loop
+#: (and, on a ``LocalCluster``, the scheduler's), and fetches bigger batches: with batched
+#: gathers, 1,000 trivial tasks 1.04-1.06x bare ``client.map`` without it, 1.01x with 50 ms.
+_FOLLOW_WINDOW = 0.05
+
+
 class _Dask(Runner):
     """Children as Dask tasks of ``worker.call`` (``client.map`` for a map, ``pure=False``):
     Dask ships the function (cloudpickle) and the :class:`Outcome`; its workers need the
     notebook's libraries and nbdurable, and never the log. One thread follows every task with
-    Dask's own ``as_completed`` (results fetched in batches) and completes a
+    Dask's own ``as_completed``, fetches the results of what finished together in one
+    ``gather`` and completes a
     ``concurrent.futures`` future per task; a task that did not run to its end (a dead worker:
     ``KilledWorker``, a cancelled task) comes back as a failed outcome."""
 
@@ -236,7 +245,7 @@ class _Dask(Runner):
                 self._bridges[task] = (bridge, started)
             if self._completed is None:
                 self._completed = as_completed(  # type: ignore[no-untyped-call]
-                    tasks, with_results=True, raise_errors=False)
+                    tasks)
                 threading.Thread(target=self._follow, args=(self._completed,), daemon=True,
                                  name="nbdurable-dask").start()
             else:
@@ -246,12 +255,28 @@ class _Dask(Runner):
     def _follow(self, completed: Any) -> None:
         while True:
             for batch in completed.batches():  # what arrived together: one wake-up
-                for task, result in batch:
+                for task, result in zip(batch, self._gather(batch), strict=True):
                     self._arrived(task, result)
+                if not completed.is_empty():
+                    time.sleep(_FOLLOW_WINDOW)  # let the next ones gather: one wake-up
             with self._lock:
                 if completed.is_empty():  # nothing was added since the loop ended
                     self._completed = None
                     return
+
+    def _gather(self, tasks: list[Any]) -> list[Any]:
+        """The results of ``tasks`` (finished, failed or cancelled: its exception), those of
+        the finished ones in one request to the workers (``as_completed(with_results=True)``
+        asks once per task: 1,000 trivial children took 1.15-1.24x bare ``client.map`` that
+        way on a 2-core machine, 0.9-1.0x batched)."""
+        statuses = [t.status for t in tasks]
+        finished = [t for t, status in zip(tasks, statuses, strict=True) if status == "finished"]
+        try:
+            values = iter(self.client.gather(finished) if finished else [])
+        except Exception:  # a worker died since: each task on its own
+            return [_result_of(t) for t in tasks]
+        return [next(values) if status == "finished" else _result_of(t)
+                for t, status in zip(tasks, statuses, strict=True)]
 
     def _arrived(self, task: Any, result: Any) -> None:
         with self._lock:
@@ -279,6 +304,14 @@ class _Dask(Runner):
         if tasks:
             with suppress(Exception):
                 self.client.cancel(tasks)
+
+
+def _result_of(task: Any) -> Any:
+    """A Dask task's result, or the exception that ended it."""
+    try:
+        return task.result() if task.status == "finished" else task.exception()
+    except BaseException as exc:
+        return exc
 
 
 _LOCAL_POOL = _LocalPool()
