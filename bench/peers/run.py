@@ -7,12 +7,16 @@ project's — and measures, in this one run:
   also in a plain script through the engine;
 - DBOS Transact: in a plain script on its SQLite system database (its synchronous API refuses to
   run inside a live event loop, which a Jupyter kernel is);
+- Kishu: in real kernels of the peers' venv, on generated 60-cell notebooks (small cells, and a
+  mix of arrays, lists, dicts and in-place edits), next to nbdurable's ``%%durable`` cells and
+  plain cells on the same notebooks (``notebook_side.py``);
+- plain re-execution, the floor every user already has: the same calls, cells, Run All;
 - the floor: ``pickle.dump`` + fsync, ``pickle.load``, xxh3-128 of the same arrays.
 
 Prints a table (workload, nbdurable, DBOS, Kishu, plain, floor, nbdurable / best peer) and
-writes it as JSON to ``bench/results/peers.json``. A peer that fails to install says why in its
-column; the rest still runs. Kishu's workloads (notebook checkpointing per cell, restore) are
-the next slice of issue 13: its column says so.
+writes it as JSON to ``bench/results/peers.json``. A peer that fails to install or to run says
+why in its column; the rest still runs. A dash: the tool has no such thing (DBOS has no
+notebook cells, Kishu no steps or events).
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ ROWS = [
     ("array_200mb_store_s", "step returning a 200 MB array: checkpoint", "s"),
     ("array_200mb_restore_s", "... restore after a restart", "s"),
     ("import_s", "import time", "s"),
+    ("cell_small_ms", "notebook, overhead per cell: 60 small cells", "ms"),
+    ("cell_mixed_ms", "... 60 mixed cells (1 MB arrays, lists, dicts, in-place edits)", "ms"),
+    ("cell_first10_ms", "... mixed, cells 1-10", "ms"),
+    ("cell_last10_ms", "... mixed, cells 51-60 (growth)", "ms"),
+    ("restore_20_s", "20-cell notebook: state back after a restart", "s"),
+    ("bytes_per_live_byte", "bytes stored per byte of live state (60 mixed cells)", "x"),
 ]
 
 
@@ -92,6 +102,7 @@ def run_dbos(python: str, work: Path) -> dict[str, object]:
 def measure(work: Path) -> dict[str, dict[str, object]]:
     import floor
     import nbdurable_side
+    import notebook_side
 
     python, failed = peers_python()
     results: dict[str, dict[str, object]] = {}
@@ -102,12 +113,44 @@ def measure(work: Path) -> dict[str, dict[str, object]]:
         sys.executable, "import nbdurable, duckdb; nbdurable.step; nbdurable.wait_for_event")
     results["dbos"] = ({"error": failed["dbos"]} if "dbos" in failed or python is None
                        else run_dbos(python, work / "dbos"))
-    results["kishu"] = {"error": failed.get("kishu", "notebook workloads: next slice of "
-                                            "issue 13 (not measured yet)")}
-    results["plain"] = {"step_ms": 0.0, "replay_step_ms": None, "import_s": 0.0,
-                        "where": "a plain call; nothing recorded, nothing to replay"}
+    kishu = None if "kishu" in failed or python is None else python
+    notebooks = notebook_side.measure(work / "notebooks", kishu)
+    results["nbdurable"].update(notebooks["nbdurable"])
+    results["kishu"] = ({"error": failed.get("kishu", "no peers' venv")} if kishu is None
+                        else kishu_figures(kishu, notebooks["kishu"]))
+    results["plain"] = {**plain_figures(), **notebooks["plain"]}
     results["floor"] = floor.measure(work / "floor")
     return results
+
+
+def kishu_figures(python: str, notebooks: dict[str, object]) -> dict[str, object]:
+    if "error" in notebooks:
+        return notebooks
+    return {**notebooks, "version": PEERS["kishu"][0].split("==")[1],
+            "import_s": import_seconds(python, "from kishu import init_kishu"),
+            "where": "real kernels of the peers' venv: init_kishu, a commit per cell, "
+                     "checkout of the last commit to restore (Kishu's test mode: no front end)"}
+
+
+def plain_figures() -> dict[str, object]:
+    """Re-executing instead of restoring: the trivial call again, the arrays computed again
+    (``np.ones``), nothing stored. Every side effect repeats."""
+    import numpy as np
+    from common import plain_loop
+
+    def compute(mb: int) -> float:
+        t = time.perf_counter()
+        np.ones(mb * 2**20 // 8)
+        return time.perf_counter() - t
+
+    n = 200
+    return {"step_ms": 0.0, "replay_step_ms": statistics.median(
+                plain_loop(n) for _ in range(5)) / n * 1000,
+            "array_8mb_restore_s": statistics.median(compute(8) for _ in range(5)),
+            "array_200mb_restore_s": statistics.median(compute(200) for _ in range(3)),
+            "import_s": 0.0,
+            "where": "plain code run again (cells: Run All): nothing stored, every side "
+                     "effect repeated"}
 
 
 def table(results: dict[str, dict[str, object]]) -> list[dict[str, object]]:
@@ -128,6 +171,8 @@ def render(rows: list[dict[str, object]], results: dict[str, dict[str, object]])
     def cell(value: object, unit: str) -> str:
         if not isinstance(value, (int, float)):
             return "—"
+        if unit == "x":
+            return f"{value:.2f}x"
         return f"{value:.2f} {unit}" if unit == "ms" else f"{value:.3f} {unit}"
 
     lines = ["| workload | nbdurable | DBOS | Kishu | plain | floor | nbdurable / best peer |",
@@ -138,10 +183,10 @@ def render(rows: list[dict[str, object]], results: dict[str, dict[str, object]])
         lines.append(f"| {row['workload']} | " + " | ".join(
             cell(row[t], unit) for t in ("nbdurable", "dbos", "kishu", "plain", "floor"))
             + f" | {ratio} |")
-    for tool in ("nbdurable", "dbos", "kishu"):
+    for tool in ("nbdurable", "dbos", "kishu", "plain"):
         about = results[tool].get("error") or results[tool].get("where")
         version = results[tool].get("version", "")
-        lines.append(f"- {tool} {version}: {about}")
+        lines.append(f"- {tool}{' ' + str(version) if version else ''}: {about}")
     return "\n".join(lines)
 
 
