@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from nbdurable.errors import NbdurableError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from nbdurable import RunResult
+
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EPILOG = ("exit status: 0 done; 1 a cell raised; 2 bad input or another expected error "
-          "(one line on stderr); 3 the kernel died (run the same command again to resume)")
+          "(one line on stderr); 3 the kernel died (run the same command again to resume); "
+          "4 the run is waiting, suspended (nbdurable resume RUN, or a worker, goes on)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=_version())
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _run_parser(sub)
+    _resume_parser(sub)
+    _worker_parser(sub)
     _runs_parser(sub)
     _log_parser(sub)
     _reset_parser(sub)
@@ -71,8 +76,36 @@ def _run_parser(sub: Subparsers) -> None:
     cmd.add_argument("--max-restarts", metavar="N", type=_count, default=0,
                      help="start a fresh kernel and resume after a kernel death, up to N "
                      "times (default: 0)")
+    cmd.add_argument("--suspend-after", metavar="SECONDS", type=_seconds,
+                     help="a durable wait still unmet after SECONDS suspends the run: the kernel "
+                     "stops, the command exits 4, and `nbdurable resume` or `nbdurable worker` "
+                     "goes on later (default: never)")
     cmd.add_argument("--progress", action="store_true", help="show papermill's progress bar")
     cmd.set_defaults(handler=_run)
+
+
+def _resume_parser(sub: Subparsers) -> None:
+    cmd = _command(sub, "resume", "nbdurable.resume", "invoke a suspended or crashed run again",
+                   "Invoke RUN again with the arguments its last `nbdurable run` recorded "
+                   "(notebook, output, parameters, cwd, kernel, restarts, --suspend-after): "
+                   "completed durable cells replay, a waiting cell gets its event or goes on "
+                   "after its sleep.")
+    cmd.add_argument("run", metavar="RUN", help="the run id")
+    cmd.add_argument("--progress", action="store_true", help="show papermill's progress bar")
+    cmd.set_defaults(handler=_resume)
+
+
+def _worker_parser(sub: Subparsers) -> None:
+    cmd = _command(sub, "worker", "nbdurable.worker", "resume suspended runs when they can go "
+                   "on", "Watch the log and resume each suspended run (status waiting) as soon "
+                   "as it can go on: an event pushed for a key it waits for, a sleep or timeout "
+                   "over. One line per resume and per end. Ctrl-C / SIGTERM stop it; runs in "
+                   "flight stay resumable.")
+    cmd.add_argument("--once", action="store_true", help="resume what is ready now, wait for "
+                     "those resumes, then exit (for cron)")
+    cmd.add_argument("--max-parallel", metavar="N", type=_positive, default=1,
+                     help="resume at most N runs at a time (default: 1)")
+    cmd.set_defaults(handler=_worker)
 
 
 def _runs_parser(sub: Subparsers) -> None:
@@ -206,14 +239,39 @@ def _run(args: argparse.Namespace) -> int:
     parameters = {name: _parse_parameter(value) for name, value in args.parameter}
     result = run(args.notebook, args.output, run_id=args.run_id, parameters=parameters,
                  log=args.log, cwd=args.cwd, kernel=args.kernel,
-                 max_restarts=args.max_restarts, progress=args.progress)
-    if args.json:
+                 max_restarts=args.max_restarts, progress=args.progress,
+                 suspend_after=args.suspend_after)
+    return _show_result(result, args.json)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from nbdurable import resume
+
+    return _show_result(resume(args.run, log=args.log, progress=args.progress), args.json)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from nbdurable import worker
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    worker(log=args.log, once=args.once, max_parallel=args.max_parallel,
+           say=lambda line: print(f"nbdurable worker: {line}", flush=True))
+    return 0
+
+
+def _show_result(result: RunResult, as_json: bool) -> int:
+    if as_json:
         _print_json(result.to_dict())
-    elif result.exit_code == 0:
+    elif result.exit_code in (0, 4):  # completed; waiting (not an error)
         print(result.message())
     for note in result.notes:
         print(f"nbdurable: note: {note}", file=sys.stderr)
-    if result.exit_code:
+    if result.exit_code not in (0, 4):
         print(f"nbdurable: error: {result.message()}", file=sys.stderr)
     return result.exit_code
 
@@ -371,6 +429,22 @@ def _print_frame(frame: Any, as_json: bool, empty: str) -> None:  # a DataFrame
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return int(text)
 
 

@@ -171,6 +171,22 @@ class ChildError(StepError):
         return [*lines, *super()._render_traceback_()]
 
 
+class RunSuspended(BaseException):  # noqa: N818 (a signal, like SystemExit, not an error)
+    """Not an error: a batch run's wait was still unmet after ``--suspend-after`` seconds, so
+    the kernel stops and a later ``nbdurable resume`` (or ``nbdurable worker``) goes on. The
+    wait's deadlines are recorded already. It derives from ``BaseException``, like
+    ``SystemExit``, so that ``except Exception`` in a notebook does not swallow it; only batch
+    kernels raise it (an interactive kernel is never suspended)."""
+
+    def __init__(self, message: str, *, run: str, step: str | None, keys: list[str],
+                 deadline: str | None):
+        super().__init__(message)
+        self.run, self.step, self.keys, self.deadline = run, step, keys, deadline
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"RunSuspended: {self}"]
+
+
 class UnstorableValueWarning(UserWarning):
     """A variable produced by a durable cell could not be stored in the log."""
 

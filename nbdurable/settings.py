@@ -108,6 +108,23 @@ def notebook_path(namespace: Mapping[str, object]) -> str | None:
     return None
 
 
+def suspend_after() -> float | None:
+    """Seconds after which a wait still unmet suspends the run: set by the batch runner for its
+    kernels (``nbdurable run --suspend-after``) as ``NBDURABLE_SUSPEND_AFTER``; None elsewhere
+    (an interactive kernel is never suspended)."""
+    raw = os.environ.get("NBDURABLE_SUSPEND_AFTER")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"NBDURABLE_SUSPEND_AFTER must be a number of seconds, got {raw!r}"
+                          ) from None
+    if not value >= 0:
+        raise ConfigError(f"NBDURABLE_SUSPEND_AFTER must be >= 0, got {raw!r}")
+    return value
+
+
 def check_run_id(run: object, *, source: str = "the run id") -> str:
     if not isinstance(run, str) or not run.strip():
         raise ConfigError(f"{source} must be a non-empty string, got {run!r}")

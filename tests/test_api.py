@@ -30,6 +30,7 @@ PUBLIC = {
     "configure", "errors", "event_button", "fork", "gc", "history", "list_events",
     "load_ipython_extension", "log", "once", "once_reset", "once_resolve", "push_event", "reset",
     "run", "runs", "sleep", "sleep_async", "sql", "step", "trust", "unload_ipython_extension",
+    "resume", "worker", "RunSuspended",
     "serve", "view",
     "wait_all", "wait_all_async", "wait_any", "wait_any_async", "wait_for_event",
     "wait_for_event_async",
@@ -55,3 +56,6 @@ def test_the_public_names_are_pinned_and_every_error_has_the_one_base():
     assert found == ERRORS | WARNINGS
     assert all(issubclass(getattr(errors, name), UserWarning) for name in WARNINGS)
     assert all(issubclass(getattr(errors, name), errors.NbdurableError) for name in ERRORS)
+    # not an error: a signal that stops a batch kernel, out of reach of `except Exception`
+    assert issubclass(errors.RunSuspended, BaseException)
+    assert not issubclass(errors.RunSuspended, Exception)

@@ -27,7 +27,7 @@ ALLOWED = {  # layer -> the layers it may import
     "engine": {"foundation", "store", "engine"},
     "ipython": {"foundation", "store", "engine", "ipython", "package"},
     "batch": {"foundation", "store", "engine", "batch", "package"},
-    "cli": {"foundation", "store", "engine", "package", "demo"},  # `nbdurable demo`
+    "cli": {"foundation", "store", "engine", "package", "demo", "cli"},  # `nbdurable demo`
     "demo": {"foundation", "store", "engine", "package"},
     "http": {"foundation", "engine", "http"},
     "package": {"foundation", "engine", "ipython", "batch", "http", "package"},  # the public API
@@ -52,7 +52,7 @@ def layer(module: str) -> str:
         return parts[1]
     if parts[1] in FOUNDATION:
         return "foundation"
-    return parts[1]  # cli, demo
+    return "cli" if parts[1] == "__main__" else parts[1]  # cli (python -m nbdurable), demo
 
 
 def imports(path: Path, *, typing_only: bool = True) -> set[str]:

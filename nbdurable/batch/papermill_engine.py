@@ -38,6 +38,7 @@ from nbdurable.kernels import local_kernel_config
 from nbdurable.store import claims, invocations
 
 DEAD_KERNEL = "DeadKernelError"
+SUSPENDED = "RunSuspended"  # nbdurable.errors.RunSuspended, raised in the kernel
 
 
 def __getattr__(name: str) -> Any:
@@ -137,10 +138,7 @@ class _Invocation:
 
     def run(self) -> None:
         nb = self.nb_man.nb
-        self.job.record(invocations.run_started(self.claim, notebook=self.job.notebook,
-                                             output=self.job.output,
-                                             parameters=self.job.parameters,
-                                             max_restarts=self.job.max_restarts))
+        self.job.record(invocations.run_started(self.claim, self.job.started()))
         status: str = invocations.FAILED
         error: dict[str, Any] | None = {"ename": "Interrupted", "evalue": "the run stopped"}
         try:
@@ -172,7 +170,10 @@ class _Invocation:
                     _clear(self.nb_man)
                     continue
                 return invocations.CRASHED, self._mark_dead(cell)
-            return _outcome(self.nb_man.nb)
+            status, error = _outcome(self.nb_man.nb)
+            if status == invocations.WAITING and error is not None:
+                _show_waiting(self.nb_man, error)
+            return status, error
 
     def _mark_dead(self, index: int | None) -> dict[str, Any]:
         error = {"ename": DEAD_KERNEL, "cell": index,
@@ -211,6 +212,18 @@ def _clear(nb_man: Any) -> None:
     nb_man.save()
 
 
+def _show_waiting(nb_man: Any, error: dict[str, Any]) -> None:
+    """The suspended cell shows that it waits (what for, how to resume), not a failure: its
+    ``RunSuspended`` error output becomes a line on stdout, and papermill's failure marks go
+    (papermill then adds no error cell and raises nothing)."""
+    cell = nb_man.nb.cells[error["cell"]]
+    cell.outputs = [o for o in cell.outputs if o.get("ename") != SUSPENDED] + [
+        nbformat.v4.new_output("stream", name="stdout", text=f"⏸ {error['evalue']}\n")]
+    cell.metadata.papermill.update(exception=False, status=nb_man.PENDING)
+    nb_man.nb.metadata.papermill["exception"] = None
+    nb_man.save()
+
+
 def _outcome(nb: Any) -> tuple[str, dict[str, Any] | None]:
     """Completed, or failed at the first cell with an error output or papermill's exception
     mark (an IPython UsageError, for instance, is only a stderr stream)."""
@@ -219,6 +232,9 @@ def _outcome(nb: Any) -> tuple[str, dict[str, Any] | None]:
         errors = [o for o in outputs if o.get("output_type") == "error"]
         if any(o.get("ename") == "SystemExit" and o.get("evalue") in ("", "0") for o in errors):
             return invocations.COMPLETED, None  # sys.exit(0): the notebook ended on purpose
+        if errors and errors[-1].get("ename") == SUSPENDED:
+            return invocations.WAITING, {"cell": index, "ename": SUSPENDED,
+                                         "evalue": errors[-1].get("evalue")}
         if errors:
             return invocations.FAILED, {"cell": index, "ename": errors[0].get("ename"),
                                      "evalue": errors[0].get("evalue")}

@@ -25,7 +25,7 @@ from nbdurable.store import claims, invocations, records
 from nbdurable.store.sidecars import Sidecars
 
 ENGINE = "nbdurable"
-EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED = 1, 2, 3
+EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED, EXIT_WAITING = 1, 2, 3, 4
 
 
 @dataclass
@@ -39,6 +39,10 @@ class Job:
     parameters: dict[str, Any]
     max_restarts: int = 0
     claim: claims.Claim | None = None
+    suspend_after: float | None = None  # seconds a wait may last before the run is suspended
+    cwd: str | None = None
+    kernel: str | None = None
+    resumed_from: str | None = None  # the status `resume` found (checked again under the claim)
 
     @classmethod
     def from_engine(cls, nb: Any, kwargs: dict[str, Any]) -> Job:
@@ -56,7 +60,8 @@ class Job:
         return cls(run=choose_run_id(None, parameters, notebook, environ=True),
                    log_path=default_log(None),
                    notebook=notebook, output=kwargs.get("output_path"), parameters=parameters,
-                   max_restarts=int(restarts))
+                   max_restarts=int(restarts), suspend_after=settings.suspend_after(),
+                   cwd=os.getcwd(), kernel=kwargs.get("kernel_name"))
 
     @contextmanager
     def claimed(self) -> Iterator[claims.Claim]:
@@ -91,7 +96,15 @@ class Job:
                 "JPY_SESSION_NAME": self.notebook,
                 "NBDURABLE_PROGRESS": "text",  # children's progress as lines, not a widget
                 # sets of strings then encode (and fingerprint) the same in every kernel
-                "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
+                "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
+                "NBDURABLE_SUSPEND_AFTER": "" if self.suspend_after is None
+                else repr(self.suspend_after)}
+
+    def started(self) -> dict[str, Any]:
+        """What the log keeps of this invocation: enough for ``resume`` to invoke it again."""
+        return {"notebook": self.notebook, "output": self.output, "parameters": self.parameters,
+                "max_restarts": self.max_restarts, "suspend_after": self.suspend_after,
+                "cwd": self.cwd, "kernel": self.kernel, "resumed_from": self.resumed_from}
 
 
 def _engine_input(input_path: str) -> str:
@@ -120,7 +133,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        codes: dict[str, int] = {invocations.COMPLETED: 0, invocations.CRASHED: EXIT_CRASHED}
+        codes: dict[str, int] = {invocations.COMPLETED: 0, invocations.CRASHED: EXIT_CRASHED,
+                                 invocations.WAITING: EXIT_WAITING}
         return codes.get(self.status, EXIT_FAILED)
 
     def message(self) -> str:
@@ -130,6 +144,9 @@ class RunResult:
             return (f"run {self.run!r} completed: {len(self.replayed)} durable cell(s) replayed,"
                     f" {len(self.executed)} executed{restarted}; output {self.output}")
         error = self.error or {}
+        if self.status == invocations.WAITING:
+            return (f"run {self.run!r} is waiting (suspended, no kernel left): "
+                    f"{_first_line(error.get('evalue'))}; output {self.output}")
         position = error.get("position")  # 1-based, in the notebook as its author sees it
         where = (f"cell {position}" if isinstance(position, int) else "a cell") + (
             f" ({error['step']})" if error.get("step") else "")
@@ -149,13 +166,17 @@ class RunResult:
 def run(notebook: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
         run_id: str | None = None, parameters: Mapping[str, Any] | None = None,
         log: str | os.PathLike[str] | None = None, cwd: str | os.PathLike[str] | None = None,
-        kernel: str | None = None, max_restarts: int = 0, progress: bool = False) -> RunResult:
+        kernel: str | None = None, max_restarts: int = 0, progress: bool = False,
+        suspend_after: float | None = None,
+        _resumed_from: tuple[str, object] | None = None) -> RunResult:
     """Execute ``notebook`` with papermill as run ``run_id``; run it again to resume it.
 
     ``run_id`` defaults to a ``run_id`` parameter, else one derived from the notebook's path
     and the parameters (``NBDURABLE_RUN`` is for plain papermill and kernels: a notebook that
     runs another one must not pass its own run on). The output defaults to ``NAME.out.ipynb`` beside the
-    notebook. ``max_restarts`` fresh kernels resume the run after a kernel death. Bad input
+    notebook. ``max_restarts`` fresh kernels resume the run after a kernel death.
+    ``suspend_after``: a durable wait still unmet after that many seconds suspends the run (its
+    kernel stops; status ``waiting``; :func:`resume` or ``nbdurable worker`` goes on). Bad input
     raises an :class:`~nbdurable.errors.NbdurableError` before anything is written; a failed
     or crashed run is a result (``status``, ``error``), not an exception.
     """
@@ -168,13 +189,18 @@ def run(notebook: str | os.PathLike[str], output: str | os.PathLike[str] | None 
     target = _check_output(source, output)
     if not isinstance(max_restarts, int) or max_restarts < 0:
         raise UsageError(f"max_restarts must be a whole number >= 0, got {max_restarts!r}")
+    _check_suspend_after(suspend_after)
     job = Job(run=choose_run_id(run_id, parameters, str(source)),
               log_path=default_log(log, work), notebook=str(source), output=str(target),
-              parameters=parameters, max_restarts=max_restarts)
+              parameters=parameters, max_restarts=max_restarts, suspend_after=suspend_after,
+              cwd=str(work), kernel=kernel,
+              resumed_from=_resumed_from[0] if _resumed_from else None)
     if Sidecars.of(job.log_path).owns(target):
         raise UsageError(f"the output {target} is the log or one of its files; give another "
                          "OUTPUT or --log")
     with job.claimed() as claim:
+        if _resumed_from is not None:
+            _still(job.run, job.log_path, *_resumed_from)
         try:
             papermill.execute_notebook(
                 str(source), str(target), parameters=parameters, engine_name=ENGINE,
@@ -279,6 +305,13 @@ def _check_kernel(kernel: str | None, nb: Any) -> None:
                          " the installed ones") from None
 
 
+def _check_suspend_after(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise UsageError(f"suspend_after must be a number of seconds >= 0, got {value!r}")
+
+
 def _check_cwd(cwd: str | os.PathLike[str] | None) -> Path:
     if cwd is None:
         return Path.cwd()
@@ -350,3 +383,47 @@ def _first_line(value: object) -> str:
     text = str(value or "").strip()
     return text.splitlines()[0] if text else ""
 
+
+
+# -- resuming -----------------------------------------------------------------------------------
+
+def resume(run_id: str, *, log: str | os.PathLike[str] | None = None,
+           progress: bool = False) -> RunResult:
+    """Invoke run ``run_id`` again with the arguments its last ``nbdurable run`` recorded
+    (notebook, output, parameters, working directory, kernel, restarts, ``suspend_after``): a
+    suspended (``waiting``), crashed or failed run goes on; completed durable cells replay."""
+    from nbdurable.engine.history import last_invocation
+
+    run_id = settings.check_run_id(run_id)
+    path = default_log(log)
+    invocation = last_invocation(run_id, log=path)
+    if invocation is None:
+        raise UsageError(f"run {run_id!r} was never invoked by `nbdurable run` in {path}: "
+                         "nothing records how to resume it; use `nbdurable run` with its "
+                         "notebook")
+    status = invocations.driven_status(path, run_id, invocation)
+    _resumable(run_id, status)
+    args = invocation.arguments
+    return run(args["notebook"], args.get("output"), run_id=run_id,
+               parameters=args.get("parameters") or {}, log=path, cwd=args.get("cwd"),
+               kernel=args.get("kernel"), max_restarts=int(args.get("max_restarts") or 0),
+               progress=progress, suspend_after=args.get("suspend_after"),
+               _resumed_from=(status, invocation.started_at))
+
+
+def _resumable(run_id: str, status: str) -> None:
+    if status == invocations.COMPLETED:
+        raise UsageError(f"run {run_id!r} completed; there is nothing to resume (`nbdurable "
+                         "run` with the same run id runs it again, replaying every cell)")
+
+
+def _still(run_id: str, log_path: Path, status: str, started_at: object) -> None:
+    """Under the run's claim: the run's latest invocation is still the one ``resume`` found,
+    so that two resumes racing (two workers) never execute it twice: the second finds the run
+    taken (the claim) or invoked since (this check)."""
+    from nbdurable.engine.history import last_invocation
+
+    invocation = last_invocation(run_id, log=log_path)
+    if invocation is None or invocation.started_at != started_at:
+        raise UsageError(f"run {run_id!r} was invoked again since it was found {status} "
+                         "(another worker or command resumed it); nothing to do")

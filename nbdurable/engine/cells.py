@@ -284,8 +284,7 @@ class Engine:
             attempt.unstorable = result["unstorable"]
         else:
             ename = (error or {}).get("ename")
-            attempt.status = (Status.INTERRUPTED if ename == "KeyboardInterrupt"
-                              else Status.FAILED)
+            attempt.status = next((s for e, s in _STOPPED if e == ename), Status.FAILED)
         attempt.finished_at = records.now()
         attempt.duration_s = time.perf_counter() - execution.clock
         attempt.outputs = out_ref
@@ -361,7 +360,11 @@ class Engine:
         self.tracker.touched(names)
 
 
+#: An attempt that ended with these exceptions did not fail: it was stopped.
+_STOPPED = (("KeyboardInterrupt", Status.INTERRUPTED), ("RunSuspended", Status.SUSPENDED))
+
 _PREVIOUS: dict[str, str] = {
+    Status.SUSPENDED: "the run was suspended while this step waited",
     Status.FAILED: "the previous attempt failed",
     Status.INTERRUPTED: "the previous attempt was interrupted",
     Status.RUNNING: "the previous attempt did not finish (the kernel died)",

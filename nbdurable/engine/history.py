@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from nbdurable import settings
+from nbdurable.engine import suspension
 from nbdurable.engine.context import LogArg, resolve_log
 from nbdurable.engine.events import list_events
 from nbdurable.engine.waits import describe_outcome, describe_spec
@@ -51,16 +52,26 @@ def sql(query: str, *, log: LogArg = None) -> Any:  # a DataFrame
 
 
 def runs(*, log: LogArg = None) -> Any:  # a DataFrame
-    """One row per run in the log: run, notebook, status (running, completed, failed, crashed),
-    steps_completed, steps_failed, started_at, last_activity, parameters (JSON text, from the
-    latest batch invocation), attempts, forked_from and forked_from_step (a fork's parent run
-    and the first step it executed anew). Most recent activity first. A DataFrame."""
+    """One row per run in the log: run, notebook, status (running, completed, failed, crashed,
+    waiting: a batch run suspended at a wait), waiting_for (a waiting run's event keys) and
+    next_deadline (its earliest sleep end or timeout), steps_completed, steps_failed,
+    started_at, last_activity, parameters (JSON text, from the latest batch invocation),
+    attempts, forked_from and forked_from_step (a fork's parent run and the first step it
+    executed anew). Most recent activity first. A DataFrame."""
     import pandas as pd
 
     db = resolve_log(log)
     with db.lease() as con:
         table = run_table(con, db, queries.with_journals(con, db, None))
     return pd.DataFrame.from_records(table, columns=RUNS_COLUMNS)
+
+
+def last_invocation(run: str, *, log: LogArg = None) -> invocations.Invocation | None:
+    """How ``run`` was last invoked by a batch driver (``nbdurable run``), and how that ended;
+    None if it never was."""
+    db = resolve_log(log)
+    with db.lease() as con:
+        return invocations.invocations(con, queries.with_journals(con, db, run)).get(run)
 
 
 CHILDREN_COLUMNS = ["step", "key", "status", "attempts", "parent_attempt", "duration_s",
@@ -102,9 +113,15 @@ def run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:
     for row in queries.run_rows(con, events):
         invocation = driven.get(row.run)
         parent = parents.get(row.run) or {}
+        status = _status(db, row.run, invocation, row.latest)
+        waiting = (suspension.waiting_run(con, events, row.run, records.now())
+                   if status == schema.Status.WAITING else None)
         table.append({"run": row.run,
                       "notebook": (invocation and invocation.notebook) or row.notebook,
-                      "status": _status(db, row.run, invocation, row.latest),
+                      "status": status,
+                      "waiting_for": ", ".join(waiting.keys()) or "a deadline"
+                      if waiting is not None else None,
+                      "next_deadline": waiting.next_deadline() if waiting is not None else None,
                       "steps_completed": row.completed, "steps_failed": row.failed,
                       "started_at": row.created_at, "last_activity": row.last_activity,
                       "attempts": row.attempts,
@@ -130,8 +147,9 @@ def _process(pid: str | None, host: str | None, started: str | None) -> ProcessI
     return ProcessId(int(pid), host or "", int(started) if started else None)
 
 
-RUNS_COLUMNS = ["run", "notebook", "status", "steps_completed", "steps_failed", "started_at",
-                "last_activity", "attempts", "parameters", "forked_from", "forked_from_step"]
+RUNS_COLUMNS = ["run", "notebook", "status", "waiting_for", "next_deadline", "steps_completed",
+                "steps_failed", "started_at", "last_activity", "attempts", "parameters",
+                "forked_from", "forked_from_step"]
 
 
 def _main_namespace() -> dict[str, Any] | None:

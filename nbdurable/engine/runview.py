@@ -172,6 +172,8 @@ def _status(line: queries.StepLine, waits: tuple[WaitLine, ...],
             resets: dict[str, int]) -> StepStatus:
     if line.attempt <= resets.get(line.step, 0):
         return StepStatus.RESET
+    if line.status == schema.Status.SUSPENDED:
+        return StepStatus.WAITING  # a suspended batch run: it goes on when resumed
     if line.status != schema.Status.RUNNING:
         return StepStatus(line.status)
     if line.pid and not ProcessId(line.pid, line.host or "", line.process_started).alive():

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from nbdurable import settings
 from nbdurable.engine import context, events
-from nbdurable.errors import UsageError, WaitMismatchError, WaitTimeout
+from nbdurable.errors import RunSuspended, UsageError, WaitMismatchError, WaitTimeout
 from nbdurable.store import mailbox, records, schema
 from nbdurable.store.runs import require_run
 
@@ -364,10 +365,12 @@ class Wait:
         panel shown, mailbox read again whenever the log changed or a deadline passed."""
         ui = _ui(self) if _ui is not None else _SleepUI()
         outcome = None
+        suspend = settings.suspend_after()
         try:
             while outcome is None:
                 last, outcome = self._look(last)
                 if outcome is None:
+                    self._suspend_if_due(suspend)
                     ui.tick(self._pause())
             ui.finished(self.outcome_text(outcome))
             return outcome
@@ -378,11 +381,25 @@ class Wait:
         """The same loop for top-level ``await``: the kernel keeps handling messages (on
         ipykernel 7.4+ widget clicks reach their handlers while a cell awaits)."""
         outcome = None
+        suspend = settings.suspend_after()
         while outcome is None:
             last, outcome = self._look(last)
             if outcome is None:
+                self._suspend_if_due(suspend)
                 await asyncio.sleep(self._pause())
         return outcome
+
+    def _suspend_if_due(self, after: float | None) -> None:
+        """In a batch kernel run with ``--suspend-after``: stop here once the wait has lasted
+        that long (its deadlines are recorded; a resume waits only what is left)."""
+        if after is None or self.ctx is None or time.monotonic() - self._began < after:
+            return
+        deadline = self.next_deadline()
+        until = f" (next deadline {_iso(deadline)})" if deadline else ""
+        raise RunSuspended(f"run {self.run!r} suspended in step {self.ctx.step!r}: it waits "
+                           f"for {self.describe()}{until}; `nbdurable resume {self.run}` or "
+                           "`nbdurable worker` goes on", run=self.run, step=self.ctx.step,
+                           keys=self.keys(), deadline=_iso(deadline))
 
     def _look(self, last: int) -> tuple[int, dict[str, Any] | None]:
         """Read the mailbox only when the log changed since generation ``last`` (a push bumps

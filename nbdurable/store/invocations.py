@@ -30,16 +30,16 @@ from nbdurable.store.claims import Claim
 if TYPE_CHECKING:  # pragma: no cover
     from duckdb import DuckDBPyConnection as Connection
 
-RUNNING, COMPLETED, FAILED, CRASHED = (schema.Status.RUNNING, schema.Status.COMPLETED,
-                                       schema.Status.FAILED, schema.Status.CRASHED)
+RUNNING, COMPLETED, FAILED, CRASHED, WAITING = (
+    schema.Status.RUNNING, schema.Status.COMPLETED, schema.Status.FAILED, schema.Status.CRASHED,
+    schema.Status.WAITING)
 
 
 # -- the events a driver writes -----------------------------------------------------------------
 
-def run_started(claim: Claim, *, notebook: str, output: str | None, parameters: dict[str, Any],
-                max_restarts: int) -> records.Statement:
-    body = {"invocation": claim.invocation, "notebook": notebook, "output": output,
-            "parameters": parameters, "max_restarts": max_restarts, "pid": os.getpid(),
+def run_started(claim: Claim, arguments: dict[str, Any]) -> records.Statement:
+    """``arguments``: what invoking the run again needs (notebook, output, parameters, ...)."""
+    body = {"invocation": claim.invocation, **arguments, "pid": os.getpid(),
             "host": processes.HOST, "command": " ".join(sys.argv)}
     return _row(claim.run, schema.Kind.RUN_STARTED, body)
 
@@ -71,6 +71,7 @@ class Invocation:
     notebook: str | None
     started_at: object
     finished: dict[str, Any] | None  # the run_finished body, if any
+    arguments: dict[str, Any]  # the run_started body: how it was invoked
 
 
 def invocations(con: Connection, events: str = "events") -> dict[str, Invocation]:
@@ -83,7 +84,7 @@ def invocations(con: Connection, events: str = "events") -> dict[str, Invocation
     for run, ts, started, finished in rows:
         started = json.loads(started)
         found[run] = Invocation(started.get("parameters") or {}, started.get("notebook"), ts,
-                                json.loads(finished) if finished else None)
+                                json.loads(finished) if finished else None, started)
     return found
 
 

@@ -50,6 +50,8 @@ class Status(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # an attempt stopped by Kernel → Interrupt
     CRASHED = "crashed"  # a run whose process died with work in flight
+    SUSPENDED = "suspended"  # an attempt stopped at a wait by a batch run's --suspend-after
+    WAITING = "waiting"  # a batch run suspended at a wait, until something resumes it
 
 
 #: The ``attempts`` view's query, over any relation with the columns of ``events``.
