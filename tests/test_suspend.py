@@ -4,6 +4,7 @@ execution of a cell's body appends a line to effects.log, so the counts say what
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import psutil
+import pytest
 from kernels import wait_for_file
 from test_batch import clean_env, effect, effects, nbdurable, outputs, runs_json, write_notebook
 
@@ -166,7 +168,11 @@ SLOW_AFTER = [
 ]
 
 
-def test_a_worker_killed_mid_resume_leaves_the_run_to_the_next_worker(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_a_worker_stopped_mid_resume_leaves_the_run_to_the_next_worker(tmp_path, stop):
+    """SIGKILL of the worker and its resume (a machine crash): the run is crashed; SIGTERM of
+    the worker alone: it interrupts its resume and exits 0. Either way the next worker goes
+    on."""
     write_notebook(tmp_path / "slow.ipynb", SLOW_AFTER)
     first = nbdurable("run", "slow.ipynb", "out.ipynb", "--run-id", "k1", "--suspend-after", "1",
                       cwd=tmp_path)
@@ -177,11 +183,16 @@ def test_a_worker_killed_mid_resume_leaves_the_run_to_the_next_worker(tmp_path):
                               start_new_session=True)
     try:
         wait_for_file(tmp_path / "slow.started")  # the resume is in the middle of the run
+        if stop == "SIGTERM":
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(60) == 0
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its resume, as a machine crash
+        with contextlib.suppress(ProcessLookupError):  # SIGKILL: the worker and its resume
+            os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(30)
-    deadline = time.monotonic() + 60
-    while runs_json(tmp_path)["k1"]["status"] != "crashed":  # its kernel follows its driver
+    ended = {"SIGKILL": "crashed", "SIGTERM": "failed"}[stop]  # crashed: the kernel follows
+    deadline = time.monotonic() + 60                           # its driver's death
+    while runs_json(tmp_path)["k1"]["status"] != ended:
         assert time.monotonic() < deadline, runs_json(tmp_path)["k1"]
         time.sleep(0.2)
     (tmp_path / "go.on").touch()

@@ -140,7 +140,8 @@ class _Invocation:
         nb = self.nb_man.nb
         self.job.record(invocations.run_started(self.claim, self.job.started()))
         status: str = invocations.FAILED
-        error: dict[str, Any] | None = {"ename": "Interrupted", "evalue": "the run stopped"}
+        error: dict[str, Any] | None = {"ename": invocations.INTERRUPTED,
+                                        "evalue": "the run stopped"}
         try:
             status, error = self._kernels()
         except Exception as exc:  # a kernel that cannot start, a timeout...

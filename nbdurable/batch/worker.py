@@ -7,7 +7,8 @@ whose wait is met now (an event pushed for a key it waits for, a sleep or timeou
 ``nbdurable resume RUN`` in a process of its own: at most ``max_parallel`` at a time. Each resume
 holds the run's claim, so a run is never executed by two processes; a resume that finds the run
 taken (another worker) is refused and says so. Ctrl-C / SIGTERM: no new resume starts, the ones in
-flight are stopped (their runs stay resumable) and the worker exits.
+flight are interrupted and the worker exits; the next worker resumes those runs (as it does a
+resume killed with its machine), once.
 """
 
 from __future__ import annotations

@@ -79,8 +79,14 @@ def waiting_runs(db: LogDB, now: datetime) -> list[Waiting]:
 
 
 def _died_resuming(db: LogDB, run: str, inv: invocations.Invocation) -> bool:
-    return (inv.arguments.get("resumed_from") == schema.Status.WAITING
-            and invocations.driven_status(db.path, run, inv) == schema.Status.CRASHED)
+    """A resume from ``waiting`` that did not end: killed (crashed), or interrupted (a worker
+    stopped by SIGTERM / Ctrl-C interrupts the resumes it started)."""
+    if inv.arguments.get("resumed_from") != schema.Status.WAITING:
+        return False
+    if inv.finished is not None:
+        return (inv.finished.get("status") == schema.Status.FAILED
+                and (inv.finished.get("error") or {}).get("ename") == invocations.INTERRUPTED)
+    return invocations.driven_status(db.path, run, inv) == schema.Status.CRASHED
 
 
 def waiting_run(con: Connection, events: str, run: str, now: datetime) -> Waiting:

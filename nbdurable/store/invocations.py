@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 RUNNING, COMPLETED, FAILED, CRASHED, WAITING = (
     schema.Status.RUNNING, schema.Status.COMPLETED, schema.Status.FAILED, schema.Status.CRASHED,
     schema.Status.WAITING)
+INTERRUPTED = "Interrupted"  # the error of an invocation stopped by Ctrl-C / SIGINT
 
 
 # -- the events a driver writes -----------------------------------------------------------------
