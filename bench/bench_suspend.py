@@ -3,8 +3,9 @@
 1. 20 batch runs waiting for an event: with ``--suspend-after`` (every run suspended) against
    the same runs waiting live — what one waiting kernel holds (processes, RSS) times 20; plus
    what an idle ``nbdurable worker`` holds.
-2. From a push to the resumed run's waiting cell going on, with a running ``nbdurable worker``,
-   against one kernel start (``KernelManager.start_kernel`` to ``wait_for_ready``) measured in
+2. From a push (``nbdurable.push_event`` in this process, its own cost included) to the resumed
+   run's waiting cell going on, with a running ``nbdurable worker`` (its warm resume process
+   ready), against one kernel start (``KernelManager.start_kernel`` to ``wait_for_ready``) measured in
    the same run. Medians of 5.
 """
 
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import nbformat
 import psutil
+
+import nbdurable
 
 N_RUNS, ROUNDS = 20, 5
 CELLS = [
@@ -102,14 +105,15 @@ def idle_worker(work: Path) -> tuple[int, int]:
     proc = subprocess.Popen([sys.executable, "-m", "nbdurable", "worker"], cwd=work,
                             stdout=subprocess.DEVNULL)
     try:
-        time.sleep(3)  # started and looking: its steady state
+        time.sleep(6)  # started, looking, its warm resume process loaded: its steady state
         return held(work)
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def wake_latency(work: Path) -> list[float]:
+def wake_latency(work: Path) -> list[tuple[float, float]]:
+    """Per round: (one kernel start, push -> cell goes on), interleaved."""
     notebook(work / "wait.ipynb")
     worker = subprocess.Popen([sys.executable, "-m", "nbdurable", "worker", "--max-parallel",
                                "1"], cwd=work, stdout=subprocess.DEVNULL)
@@ -120,13 +124,13 @@ def wake_latency(work: Path) -> list[float]:
                        "--suspend-after", "0.5", cwd=work).returncode == 4
             marker = work / "went-on"
             marker.unlink(missing_ok=True)
-            pushed = time.time()
-            cli("event", "push", f"w{i}", "go", cwd=work)
+            pushed = time.time()  # a push from Python in this process: the call's own cost in
+            nbdurable.push_event("go", run=f"w{i}", log=work / ".nbdurable" / "log.duckdb")
             deadline = time.monotonic() + 120
             while not marker.exists() or not marker.read_text():
                 assert time.monotonic() < deadline, "not resumed"
                 time.sleep(0.01)
-            latencies.append(float(marker.read_text()) - pushed)
+            latencies.append((kernel_start(), float(marker.read_text()) - pushed))
             while _status(work, f"w{i}") != "completed":  # the worker is free again
                 time.sleep(0.1)
         return latencies
@@ -136,21 +140,21 @@ def wake_latency(work: Path) -> list[float]:
 
 
 def kernel_start() -> float:
+    """``KernelManager.start_kernel`` to ``wait_for_ready``, on Unix sockets as the batch runner
+    starts its kernels."""
     from jupyter_client.manager import KernelManager
 
-    times = []
-    for _ in range(ROUNDS):
-        t = time.perf_counter()
-        km = KernelManager(kernel_name="python3", transport="ipc",
-                           ip=tempfile.mkdtemp(prefix="nbd-") + "/k")  # as the batch runner does
-        km.start_kernel()
-        kc = km.client()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=60)
-        times.append(time.perf_counter() - t)
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-    return statistics.median(times)
+    t = time.perf_counter()
+    km = KernelManager(kernel_name="python3", transport="ipc",
+                       ip=tempfile.mkdtemp(prefix="nbd-") + "/k")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    took = time.perf_counter() - t
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+    return took
 
 
 def main() -> None:
@@ -161,21 +165,22 @@ def main() -> None:
         procs, rss = suspended_runs(root / "suspended")
         one_procs, one_rss = live_waiting_kernel(root / "live")
         w_procs, w_rss = idle_worker(root / "suspended")
-        start = kernel_start()
         wake = wake_latency(root / "wake")
     mb = 2 ** 20
     print(f"1. {N_RUNS} runs waiting for an event")
     print(f"   suspended (--suspend-after 0.5)        {procs} processes, {rss / mb:.0f} MB")
     print(f"   waiting live: one run holds            {one_procs} processes, {one_rss / mb:.0f}"
           f" MB -> {N_RUNS} runs: {one_procs * N_RUNS} processes, {one_rss * N_RUNS / mb:.0f} MB")
-    print(f"   an idle `nbdurable worker`             {w_procs} process, {w_rss / mb:.0f} MB")
-    median = statistics.median(wake)
+    print(f"   an idle `nbdurable worker` + warm spare {w_procs} processes, {w_rss / mb:.0f} MB")
+    start = statistics.median(k for k, _ in wake)
+    median = statistics.median(w for _, w in wake)
+    over = statistics.median(w - k for k, w in wake)
     print(f"2. push -> the resumed run's waiting cell goes on, a running worker, median of "
-          f"{ROUNDS}")
+          f"{ROUNDS} (a kernel start timed in each round)")
     print(f"   one kernel start                       {start:.2f} s")
     print(f"   push -> cell goes on                   {median:.2f} s"
-          f"  (kernel start + {median - start:.2f} s; target <= 0.5 s)")
-    print(f"   all: {', '.join(f'{w:.2f}' for w in wake)} s")
+          f"  (kernel start + {over:.2f} s; target <= 0.5 s)")
+    print(f"   all: {', '.join(f'{w:.2f} (+{w - k:.2f})' for k, w in wake)} s")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ whose kernel died exits 3."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from nbdurable.errors import NbdurableError
@@ -90,7 +91,8 @@ def _resume_parser(sub: Subparsers) -> None:
                    "(notebook, output, parameters, cwd, kernel, restarts, --suspend-after): "
                    "completed durable cells replay, a waiting cell gets its event or goes on "
                    "after its sleep.")
-    cmd.add_argument("run", metavar="RUN", help="the run id")
+    cmd.add_argument("run", metavar="RUN", help="the run id; - reads it from stdin once "
+                     "everything a resume needs is loaded (how the worker keeps one warm)")
     cmd.add_argument("--progress", action="store_true", help="show papermill's progress bar")
     cmd.set_defaults(handler=_resume)
 
@@ -186,6 +188,11 @@ def _serve_parser(sub: Subparsers) -> None:
                      "this secret (X-Hub-Signature-256: sha256=HEX, GitHub's scheme)")
     cmd.add_argument("--max-body", metavar="BYTES", type=_count, default=1 << 20,
                      help="the largest event body accepted (default: %(default)s)")
+    cmd.add_argument("--worker", action="store_true", help="also resume the log's suspended "
+                     "runs as they can go on, as `nbdurable worker` does (push and resume in "
+                     "one process)")
+    cmd.add_argument("--max-parallel", metavar="N", type=_positive, default=1,
+                     help="with --worker: resume at most N runs at a time (default: 1)")
     cmd.set_defaults(handler=_serve)
 
 
@@ -247,20 +254,32 @@ def _run(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from nbdurable import resume
 
-    return _show_result(resume(args.run, log=args.log, progress=args.progress), args.json)
+    run = _run_from_stdin() if args.run == "-" else args.run
+    if not run:
+        return 0  # a warm process the worker did not need
+    return _show_result(resume(run, log=args.log, progress=args.progress), args.json)
+
+
+def _run_from_stdin() -> str:
+    """The run id on stdin, read once what a resume loads is loaded: papermill (~1.6 s), DuckDB,
+    the kernel specs, nbformat's validator (~0.1 s the first time)."""
+    import nbformat
+    import papermill  # noqa: F401
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from nbdurable import resume  # noqa: F401
+    from nbdurable.store.logdb import preload
+    preload()
+    nbformat.validate(nbformat.v4.new_notebook())
+    KernelSpecManager().find_kernel_specs()
+    return sys.stdin.readline().strip()
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import signal
-
     from nbdurable import worker
 
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    worker(log=args.log, once=args.once, max_parallel=args.max_parallel,
-           say=lambda line: print(f"nbdurable worker: {line}", flush=True))
+    _stop_on_sigterm()
+    worker(log=args.log, once=args.once, max_parallel=args.max_parallel, say=_say("worker"))
     return 0
 
 
@@ -338,12 +357,61 @@ def _event_push(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from nbdurable import serve
 
-    try:
-        serve(args.log, host=args.host, port=args.port,
-              webhook_secret_file=args.webhook_secret_file, max_body=args.max_body)
-    except KeyboardInterrupt:
-        pass
+    _stop_on_sigterm()
+    with _worker_beside(args) as failed:
+        try:
+            serve(args.log, host=args.host, port=args.port,
+                  webhook_secret_file=args.webhook_secret_file, max_body=args.max_body)
+        except KeyboardInterrupt:
+            pass
+    if failed:
+        raise failed[0]  # the worker could not go on: so does the server
     return 0
+
+
+@contextlib.contextmanager
+def _worker_beside(args: argparse.Namespace) -> Iterator[list[NbdurableError]]:
+    """With ``--worker``: ``nbdurable.worker`` in a thread of this process until the block
+    ends; a worker that fails interrupts the block and its error is in the list yielded."""
+    import os
+    import signal
+    import threading
+
+    from nbdurable import worker
+
+    failed: list[NbdurableError] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            worker(log=args.log, max_parallel=args.max_parallel, stop=stop, say=_say("worker"))
+        except NbdurableError as exc:
+            failed.append(exc)
+            os.kill(os.getpid(), signal.SIGINT)  # a signal wakes the server's event loop
+
+    thread = threading.Thread(target=work, name="nbdurable-worker")
+    if args.worker:
+        thread.start()
+    try:
+        yield failed
+    finally:
+        stop.set()
+        if args.worker:
+            thread.join()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (systemd, docker stop) stops like Ctrl-C: what is in flight ends cleanly."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _say(who: str) -> Callable[[str], None]:
+    return lambda line: print(f"nbdurable {who}: {line}", flush=True)
 
 
 def _event_list(args: argparse.Namespace) -> int:

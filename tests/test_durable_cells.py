@@ -174,6 +174,23 @@ def test_edit_reruns_the_cell_and_its_dependents_while_an_independent_cell_repla
     assert replies[2].notices()[0]["kind"] == "replayed"
 
 
+def test_a_missing_input_is_said_to_be_not_defined_not_changed(workdir):
+    """After a restart, the plain cell defining `g` was not run: the note says so."""
+    reader = "%%durable uses_g\nh = g + 1"
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        k.execute("g = 1")
+        assert k.execute(reader).status == "ok"
+    with Kernel(workdir) as k:
+        k.execute(LOAD)
+        r = k.execute(reader)
+        assert r.notices()[0]["reason"] == \
+            "input `g` is not defined (run the cell that defines it)", r.notices()
+        assert r.ename == "NameError"
+        k.execute("g = 1")
+        assert k.execute(reader).status == "ok"
+
+
 def test_changed_plain_cell_input_reruns_the_reader(workdir):
     counter = workdir / "count"
     reader = f"%%durable reader\n{counter_line(counter)}\nout = [p * 2 for p in params['xs']]"

@@ -18,7 +18,16 @@ import nbformat
 import psutil
 import pytest
 from kernels import wait_for_file
-from test_batch import clean_env, effect, effects, nbdurable, outputs, runs_json, write_notebook
+from test_batch import (
+    clean_env,
+    effect,
+    effects,
+    nbdurable,
+    outputs,
+    papermill,
+    runs_json,
+    write_notebook,
+)
 
 APPROVAL = [
     "%load_ext nbdurable\nimport nbdurable",
@@ -200,3 +209,121 @@ def test_a_worker_stopped_mid_resume_leaves_the_run_to_the_next_worker(tmp_path,
     assert "run 'k1': completed" in second.stdout, (second.stdout, second.stderr)
     assert effects(tmp_path) == {"review": 2, "slow": 2, "publish": 1}
     assert "published" in outputs(tmp_path / "out.ipynb")[3]
+
+
+def resume_processes(parent: int) -> list[psutil.Process]:
+    """The warm `nbdurable resume -` processes a worker (process ``parent``) keeps."""
+    found = []
+    for child in psutil.Process(parent).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.cmdline()[-4:-2] == ["resume", "-"]:
+                found.append(child)
+    return found
+
+
+def until(condition, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return value
+
+
+def test_serve_with_worker_takes_the_push_over_http_and_resumes_the_run(tmp_path):
+    """`nbdurable serve --worker`: one process takes the event over HTTP and resumes the run
+    in the resume process it kept warm; SIGTERM stops both, nothing left running."""
+    from test_http import Served
+
+    write_notebook(tmp_path / "approval.ipynb", [c.format(timeout=3600) for c in APPROVAL])
+    first = nbdurable("run", "approval.ipynb", "out.ipynb", "--run-id", "h1",
+                      "--suspend-after", "1", cwd=tmp_path)
+    assert first.returncode == 4, (first.stdout, first.stderr)
+    served = Served(tmp_path, "--worker", env=clean_env())
+    try:
+        warm = until(lambda: resume_processes(served.proc.pid), "no warm resume process")[0]
+        assert served.push("h1", "approve", {"by": "web"})[0] == 201
+        lines = []
+        for line in served.proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "run 'h1':" in line:
+                break
+        assert "resuming run 'h1'" in lines[-2] and "run 'h1': completed" in lines[-1], lines
+        assert not warm.is_running()  # it ran the resume, and ended with it
+        assert until(lambda: resume_processes(served.proc.pid), "no new warm process")[0].pid \
+            != warm.pid
+        children = psutil.Process(served.proc.pid).children(recursive=True)
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(30) == 0
+        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+    finally:
+        served.proc.kill()
+    assert effects(tmp_path) == {"draft": 1, "review": 2, "publish": 1}
+    texts = outputs(tmp_path / "out.ipynb")
+    assert "approved by web" in texts[2] and "published hello" in texts[3], texts
+
+
+def test_plain_papermill_with_the_engine_suspends_and_says_it_did_not_complete(tmp_path):
+    write_notebook(tmp_path / "approval.ipynb", [c.format(timeout=3600) for c in APPROVAL])
+    (tmp_path / "sub").mkdir()
+    first = papermill("--engine", "nbdurable", "approval.ipynb", "out.ipynb", "--cwd", "sub",
+                      cwd=tmp_path, env=clean_env(NBDURABLE_RUN="p1",
+                                                  NBDURABLE_SUSPEND_AFTER="1"))
+    assert first.returncode != 0, "a suspended run is not a completed notebook"
+    assert first.stderr.strip().splitlines()[-1].startswith(
+        "nbdurable.errors.RunSuspended: run 'p1' suspended in step 'review'"), first.stderr
+    assert not kernels_of(tmp_path / "sub")
+    assert "⏸" in outputs(tmp_path / "out.ipynb")[2]
+    assert runs_json(tmp_path / "sub")["p1"]["waiting_for"] == "approve"
+    assert nbdurable("event", "push", "p1", "approve", '{"by": "pm"}',
+                     cwd=tmp_path / "sub").returncode == 0
+    resumed = nbdurable("worker", "--once", cwd=tmp_path / "sub")
+    assert "run 'p1': completed" in resumed.stdout, (resumed.stdout, resumed.stderr)
+    texts = outputs(tmp_path / "out.ipynb")  # the same output, relative to papermill's cwd
+    assert "approved by pm" in texts[2] and "published hello" in texts[3], texts
+    assert Counter((tmp_path / "sub" / "effects.log").read_text().split()) == {
+        "draft": 1, "review": 2, "publish": 1}
+
+
+def test_a_suspended_run_resumed_interactively_and_interactive_kernels_never_suspend(tmp_path):
+    """Open the notebook with the run's id and run all: completed cells replay, the waiting
+    cell waits live — not suspended, though NBDURABLE_SUSPEND_AFTER is inherited."""
+    from kernels import Kernel, kernel_env
+
+    cells = [c.format(timeout=3600) for c in APPROVAL]
+    write_notebook(tmp_path / "approval.ipynb", cells)
+    first = nbdurable("run", "approval.ipynb", "out.ipynb", "--run-id", "i1",
+                      "--suspend-after", "1", cwd=tmp_path)
+    assert first.returncode == 4, (first.stdout, first.stderr)
+    env = kernel_env(tmp_path, NBDURABLE_RUN="i1", NBDURABLE_SUSPEND_AFTER="0.2",
+                     NBDURABLE_LOG=str(tmp_path / ".nbdurable" / "log.duckdb"))
+    with Kernel(tmp_path, env=env) as k:
+        assert k.execute(cells[0]).status == "ok"
+        assert k.execute(cells[1]).notices()[0]["kind"] == "replayed"
+        msg_id = k.send(cells[2])
+        until(lambda: effects(tmp_path)["review"] == 2, "the waiting cell never ran")
+        time.sleep(1)  # five times --suspend-after: a batch kernel would have stopped by now
+        assert nbdurable("event", "push", "i1", "approve", '{"by": "me"}',
+                         cwd=tmp_path).returncode == 0
+        reply = k.reply_to(msg_id)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert k.execute(cells[3]).status == "ok"
+    assert effects(tmp_path) == {"draft": 1, "review": 2, "publish": 1}
+    assert runs_json(tmp_path)["i1"]["status"] == "completed"
+    idle = nbdurable("worker", "--once", cwd=tmp_path)
+    assert "resuming" not in idle.stdout, idle.stdout  # nothing left to resume
+
+
+def test_a_run_whose_resume_is_refused_is_said_once_and_left_alone(tmp_path):
+    write_notebook(tmp_path / "approval.ipynb", [c.format(timeout=3600) for c in APPROVAL])
+    first = nbdurable("run", "approval.ipynb", "out.ipynb", "--run-id", "g1",
+                      "--suspend-after", "1", cwd=tmp_path)
+    assert first.returncode == 4, (first.stdout, first.stderr)
+    assert nbdurable("event", "push", "g1", "approve", cwd=tmp_path).returncode == 0
+    (tmp_path / "approval.ipynb").rename(tmp_path / "moved.ipynb")
+    said = nbdurable("worker", "--once", cwd=tmp_path)
+    assert said.returncode == 0, said.stderr
+    ended = [line for line in said.stdout.splitlines() if "run 'g1':" in line]
+    assert len(ended) == 1 and "not resumed" in ended[0] and "approval.ipynb" in ended[0] \
+        and "left alone" in ended[0], said.stdout
+    assert runs_json(tmp_path)["g1"]["status"] == "waiting"  # nothing lost: still resumable
+    assert effects(tmp_path) == {"draft": 1, "review": 1}

@@ -33,9 +33,10 @@ import nbformat
 from nbclient.exceptions import DeadKernelError
 
 from nbdurable.batch import runner as batch
-from nbdurable.errors import NbdurableError
+from nbdurable.engine import suspension
+from nbdurable.errors import NbdurableError, RunSuspended
 from nbdurable.kernels import local_kernel_config
-from nbdurable.store import claims, invocations
+from nbdurable.store import claims, invocations, records
 
 DEAD_KERNEL = "DeadKernelError"
 SUSPENDED = "RunSuspended"  # nbdurable.errors.RunSuspended, raised in the kernel
@@ -72,7 +73,7 @@ def _build_engine(NBClientEngine: type) -> type:  # noqa: N803 (a class)
                                      stderr_file: Any = None, start_timeout: int = 60,
                                      execution_timeout: float | None = None,
                                      **kwargs: Any) -> Any:
-            job = batch.Job.from_engine(nb_man.nb, kwargs)
+            job = batch.Job.from_engine(nb_man.nb, kwargs, *_paths(nb_man, kwargs))
             kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
             standalone = job.claim is None  # plain papermill: no `nbdurable run` to tell
             with job.claimed() as claim, tempfile.TemporaryDirectory(
@@ -85,6 +86,9 @@ def _build_engine(NBClientEngine: type) -> type:  # noqa: N803 (a class)
                     kernel_name=kernel_name, log=logger, log_output=log_output,
                     stdout_file=stdout_file, stderr_file=stderr_file)
                 _Invocation(job, claim, nb_man, client_kwargs).run()
+            ended = nb_man.nb.metadata["nbdurable"]
+            if standalone and ended["status"] == invocations.WAITING:
+                raise _suspended(job, nb_man.nb, ended["error"])  # not a success: say so
             return nb_man.nb
 
     NbdurableEngine.__module__, NbdurableEngine.__qualname__ = __name__, "NbdurableEngine"
@@ -223,6 +227,37 @@ def _show_waiting(nb_man: Any, error: dict[str, Any]) -> None:
     cell.metadata.papermill.update(exception=False, status=nb_man.PENDING)
     nb_man.nb.metadata.papermill["exception"] = None
     nb_man.save()
+
+
+def _paths(nb_man: Any, kwargs: dict[str, Any]) -> tuple[str, str | None]:
+    """papermill's input and output paths, absolute (a resume may start anywhere). papermill
+    resolves relative ones against the directory it was called in (its local handler's cwd),
+    not ``--cwd``, which is the directory when the engine runs; a URL stays as it is."""
+    from papermill.iorw import papermill_io
+
+    base = getattr(papermill_io.get_handler("local"), "_cwd", None) or os.getcwd()
+    output = str(nb_man.output_path or "")
+    return (_absolute(str(kwargs.get("input_path") or "notebook.ipynb"), base),
+            _absolute(output, base) if output else None)
+
+
+def _absolute(path: str, base: str) -> str:
+    return path if "://" in path or path == "-" else os.path.join(base, path)
+
+
+def _suspended(job: batch.Job, nb: Any, error: dict[str, Any]) -> RunSuspended:
+    """What plain papermill raises for a run that stopped at a wait (``nbdurable run`` says it
+    with exit status 4 instead): ``papermill.execute_notebook`` does not return as if the
+    notebook had completed, and the ``papermill`` command exits non-zero with this message."""
+    from nbdurable.store.logdb import open_log
+
+    waiting = next((w for w in suspension.waiting_runs(open_log(job.log_path), records.now())
+                    if w.run == job.run), None)
+    deadline = waiting.next_deadline() if waiting is not None else None
+    return RunSuspended(str(error.get("evalue")), run=job.run,
+                        step=batch.durable_step(nb.cells[error["cell"]]),
+                        keys=waiting.keys() if waiting is not None else [],
+                        deadline=deadline.isoformat() if deadline is not None else None)
 
 
 def _outcome(nb: Any) -> tuple[str, dict[str, Any] | None]:

@@ -45,21 +45,22 @@ class Job:
     resumed_from: str | None = None  # the status `resume` found (checked again under the claim)
 
     @classmethod
-    def from_engine(cls, nb: Any, kwargs: dict[str, Any]) -> Job:
+    def from_engine(cls, nb: Any, kwargs: dict[str, Any], notebook: str,
+                    output: str | None) -> Job:
         """From the engine's keyword arguments (``nbdurable run``) or the environment (plain
-        ``papermill --engine nbdurable``). Pops the ``nbdurable_*`` arguments."""
+        ``papermill --engine nbdurable``; ``notebook`` and ``output``: papermill's paths,
+        absolute). Pops the ``nbdurable_*`` arguments."""
         given = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("nbdurable_")}
         job = given.get("nbdurable_job")
         if isinstance(job, Job):
             return job
         parameters = dict(nb.metadata.get("papermill", {}).get("parameters") or {})
-        notebook = _engine_input(kwargs.get("input_path") or "notebook.ipynb")
         restarts = os.environ.get("NBDURABLE_MAX_RESTARTS", "0")
         if not restarts.isdigit():
             raise UsageError(f"NBDURABLE_MAX_RESTARTS must be a whole number, got {restarts!r}")
         return cls(run=choose_run_id(None, parameters, notebook, environ=True),
                    log_path=default_log(None),
-                   notebook=notebook, output=kwargs.get("output_path"), parameters=parameters,
+                   notebook=notebook, output=output, parameters=parameters,
                    max_restarts=int(restarts), suspend_after=settings.suspend_after(),
                    cwd=os.getcwd(), kernel=kwargs.get("kernel_name"))
 
@@ -105,16 +106,6 @@ class Job:
         return {"notebook": self.notebook, "output": self.output, "parameters": self.parameters,
                 "max_restarts": self.max_restarts, "suspend_after": self.suspend_after,
                 "cwd": self.cwd, "kernel": self.kernel, "resumed_from": self.resumed_from}
-
-
-def _engine_input(input_path: str) -> str:
-    """The notebook's absolute path. papermill read it relative to the directory it started in,
-    but calls the engine after changing to ``--cwd``: prefer the shell's directory (PWD)."""
-    path = Path(input_path)
-    if path.is_absolute():
-        return str(path)
-    started = Path(os.environ.get("PWD") or os.getcwd()) / path
-    return str(started if started.is_file() else path.absolute())
 
 
 @dataclass

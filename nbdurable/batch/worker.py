@@ -4,7 +4,10 @@ A batch run started with ``--suspend-after`` holds no kernel while it waits (sta
 The worker looks at the log whenever its write generation moves (a push bumps it: one ``pread``
 per look, no query) and when the earliest deadline of a waiting run passes, and resumes each run
 whose wait is met now (an event pushed for a key it waits for, a sleep or timeout over) with
-``nbdurable resume RUN`` in a process of its own: at most ``max_parallel`` at a time. Each resume
+``nbdurable resume RUN`` in a process of its own: at most ``max_parallel`` at a time. A long-lived
+worker keeps one such process warm (``nbdurable resume -``: papermill and the rest imported, ~1.6 s,
+then it reads the run id on stdin), so that a resume costs a kernel start, not an interpreter's
+start-up too. Each resume
 holds the run's claim, so a run is never executed by two processes; a resume that finds the run
 taken (another worker) is refused and says so. Ctrl-C / SIGTERM: no new resume starts, the ones in
 flight are interrupted and the worker exits; the next worker resumes those runs (as it does a
@@ -25,11 +28,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from nbdurable.batch.runner import default_log
+from nbdurable.batch.runner import EXIT_USAGE, default_log
 from nbdurable.engine import suspension
 from nbdurable.store import records
 
-LOOK_EVERY = 0.25  # seconds between two reads of the write generation
+LOOK_EVERY = 0.05  # seconds between two reads of the write generation (a pread each)
 LOOK_AT_LEAST = 30.0  # ... and a full look this often anyway (a clock change, a lost bump)
 
 
@@ -43,6 +46,12 @@ class Worker:
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stderr: dict[str, IO[bytes]] = field(default_factory=dict)  # of each resume, a file
     stopping: threading.Event = field(default_factory=threading.Event)
+    # runs whose resume was refused (exit 2: the notebook gone, another worker on it...): left
+    # alone while their latest invocation is the one refused
+    refused: dict[str, object] = field(default_factory=dict)
+    since: dict[str, object] = field(default_factory=dict)  # of each run being resumed
+    warm: bool = False  # keep a spare resume process ready (a long-lived worker)
+    spare: tuple[subprocess.Popen[bytes], IO[bytes]] | None = None
 
     def start_ready(self) -> tuple[int, datetime | None]:
         """Start resuming the runs that can go on (room permitting); (how many started, the
@@ -52,7 +61,8 @@ class Worker:
         waiting = suspension.waiting_runs(open_log(self.log), records.now())
         started = 0
         for w in waiting:
-            if w.ready and w.run not in self.running and len(self.running) < self.max_parallel:
+            if w.ready and w.run not in self.running and len(self.running) < self.max_parallel \
+                    and self.refused.get(w.run, self) != w.since:
                 self._resume(w)
                 started += 1
         ahead = [d for w in waiting if not w.ready and (d := w.next_deadline()) is not None]
@@ -61,10 +71,31 @@ class Worker:
     def _resume(self, waiting: suspension.Waiting) -> None:
         what = ", ".join(waiting.keys()) or "a deadline"
         self.say(f"resuming run {waiting.run!r} (it waited for {what})")
-        self.stderr[waiting.run] = tempfile.TemporaryFile()  # a file: never a full pipe
-        self.running[waiting.run] = subprocess.Popen(
-            [sys.executable, "-m", "nbdurable", "resume", waiting.run, "--log", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=self.stderr[waiting.run])
+        spare, self.spare = self.spare, None
+        if spare is None or not _hand(spare, waiting.run):
+            spare = self._start(waiting.run)
+        self.running[waiting.run], self.stderr[waiting.run] = spare
+        self.since[waiting.run] = waiting.since
+        self.keep_warm()
+
+    def keep_warm(self) -> None:
+        """Start the spare resume process, if this worker keeps one and has none alive."""
+        if not self.warm or self.stopping.is_set():
+            return
+        if self.spare is not None and self.spare[0].poll() is not None:  # it died
+            self.spare[1].close()
+            self.spare = None
+        if self.spare is None:
+            self.spare = self._start("-")
+
+    def _start(self, run: str) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+        """``nbdurable resume RUN`` (``-``: the run id comes on stdin) and its stderr file."""
+        err = tempfile.TemporaryFile()  # a file: never a full pipe
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbdurable", "resume", run, "--log", str(self.log)],
+            stdin=subprocess.PIPE if run == "-" else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=err)
+        return proc, err
 
     def reap(self) -> None:
         """Say how each finished resume ended."""
@@ -73,14 +104,23 @@ class Worker:
             if code is None:
                 continue
             del self.running[run]
+            since = self.since.pop(run)
             err = _lines(self.stderr.pop(run))
             ended = next((text for c, text in _ENDED if c == code), f"exit {code}")
-            self.say(f"run {run!r}: {ended}"
-                     + (f" ({err[-1].removeprefix('nbdurable: ')})" if code and err else ""))
+            why = f" ({err[-1].removeprefix('nbdurable: ')})" if code and err else ""
+            if code == EXIT_USAGE:
+                self.refused[run] = since
+                why += "; left alone until it is resumed by hand or the worker restarts"
+            self.say(f"run {run!r}: {ended}{why}")
 
     def stop(self) -> None:
         """No new resume; the ones in flight stop (their runs stay resumable)."""
         self.stopping.set()
+        if self.spare is not None:
+            self.spare[0].kill()  # it runs nothing yet
+            self.spare[0].wait()
+            self.spare[1].close()
+            self.spare = None
         for proc in self.running.values():
             proc.send_signal(signal.SIGINT)
         for proc in self.running.values():
@@ -89,6 +129,22 @@ class Worker:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.reap()
+
+
+def _hand(spare: tuple[subprocess.Popen[bytes], IO[bytes]], run: str) -> bool:
+    """Give ``run`` to the warm process; False (and it is gone) if it died meanwhile."""
+    proc, err = spare
+    try:
+        assert proc.stdin is not None
+        if proc.poll() is None:
+            proc.stdin.write(run.encode() + b"\n")
+            proc.stdin.close()
+            return True
+    except OSError:  # a broken pipe: it died just now
+        proc.kill()
+    proc.wait()
+    err.close()
+    return False
 
 
 def _lines(file: IO[bytes]) -> list[str]:
@@ -103,16 +159,21 @@ _ENDED = ((0, "completed"), (1, "failed (a cell raised)"), (2, "not resumed"),
 
 
 def worker(*, log: str | os.PathLike[str] | None = None, once: bool = False,
-         max_parallel: int = 1, say: Callable[[str], None] = print) -> int:
+           max_parallel: int = 1, say: Callable[[str], None] = print,
+           stop: threading.Event | None = None) -> int:
     """Resume the log's suspended runs as they become ready; with ``once``, those ready now,
-    then return. Returns how many resumes were started."""
+    then return; else until Ctrl-C or ``stop`` is set (from another thread: ``nbdurable serve
+    --worker``). Returns how many resumes were started."""
     from nbdurable.errors import UsageError
     from nbdurable.store.logdb import open_log
 
     if not isinstance(max_parallel, int) or max_parallel < 1:
         raise UsageError(f"max_parallel must be a whole number >= 1, got {max_parallel!r}")
-    worker = Worker(default_log(log), max_parallel, say)
+    worker = Worker(default_log(log), max_parallel, say, warm=not once)
+    if stop is not None:
+        worker.stopping = stop
     db = open_log(worker.log)
+    worker.keep_warm()
     total = 0
     try:
         while not worker.stopping.is_set():

@@ -382,15 +382,26 @@ def _why_execute(spec: CellSpec, inputs: dict[str, str], checkpoint: records.Att
         return "--force"
     if checkpoint.source_hash != spec.source_hash:
         return "source edited"
+    missing = sorted(n for n in checkpoint.inputs if n not in inputs)
+    if missing:
+        one = len(missing) == 1
+        return _names(missing, "is not defined (run the cell that defines it)" if one else
+                      "are not defined (run the cells that define them)")
     changed = sorted(n for n in set(inputs) | set(checkpoint.inputs)
                      if inputs.get(n) != checkpoint.inputs.get(n))
     if changed:
-        return "input " + ", ".join(f"`{n}`" for n in changed[:3]) + (
-            " changed" if len(changed) <= 3 else f" and {len(changed) - 3} more changed")
+        return _names(changed, "changed")
     if checkpoint.unstorable:
         names = ", ".join(f"`{n}`" for n in sorted(checkpoint.unstorable))
         return f"{names} could not be stored"
     return None
+
+
+def _names(names: list[str], what: str) -> str:
+    """``input `a`, `b` changed``; past three, ``... and N more``."""
+    shown = ", ".join(f"`{n}`" for n in names[:3])
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"input {shown}{more} {what}"
 
 
 def _recorded_fp(var: records.Variable) -> str:

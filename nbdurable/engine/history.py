@@ -134,9 +134,14 @@ def run_table(con: Connection, db: LogDB, events: str) -> list[dict[str, Any]]:
 def _status(db: LogDB, run: str, invocation: invocations.Invocation | None,
             latest: list[list[str | None]] | None) -> str:
     """From the latest batch invocation if there is one, else from each step's latest attempt
-    (``latest``: [status, pid, host, process start time] per step)."""
+    (``latest``: [status, pid, host, process start time] per step). A run suspended by its
+    latest invocation, whose suspended step has gone on since (opened interactively with the
+    same run id), is as its steps say."""
     if invocation is not None:
-        return invocations.driven_status(db.path, run, invocation)
+        status = invocations.driven_status(db.path, run, invocation)
+        if status != schema.Status.WAITING or any(
+                line[0] == schema.Status.SUSPENDED for line in latest or []):
+            return status
     return invocations.undriven_status([(status or "", _process(pid, host, started))
                                      for status, pid, host, started in latest or []])
 

@@ -10,7 +10,7 @@ deadline or the timeout passed (a timeout resumes into ``WaitTimeout``, as it wo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ class Waiting:
     run: str
     waits: tuple[OpenWait, ...]
     ready: bool
+    since: object = None  # when its latest invocation started: a resume since changes it
 
     def keys(self) -> list[str]:
         return sorted({k for w in self.waits for k in w.keys()})
@@ -72,9 +73,9 @@ def waiting_runs(db: LogDB, now: datetime) -> list[Waiting]:
         found = []
         for run, inv in invocations.invocations(con, events).items():
             if (inv.finished or {}).get("status") == schema.Status.WAITING:
-                found.append(_waiting(con, events, run, now))
+                found.append(replace(_waiting(con, events, run, now), since=inv.started_at))
             elif _died_resuming(db, run, inv):
-                found.append(Waiting(run, (), ready=True))
+                found.append(Waiting(run, (), ready=True, since=inv.started_at))
         return found
 
 

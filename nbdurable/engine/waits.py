@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from nbdurable import settings
 from nbdurable.engine import context, events
 from nbdurable.errors import RunSuspended, UsageError, WaitMismatchError, WaitTimeout
-from nbdurable.store import mailbox, records, schema
+from nbdurable.store import claims, mailbox, records, schema
 from nbdurable.store.runs import require_run
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -365,7 +365,7 @@ class Wait:
         panel shown, mailbox read again whenever the log changed or a deadline passed."""
         ui = _ui(self) if _ui is not None else _SleepUI()
         outcome = None
-        suspend = settings.suspend_after()
+        suspend = _suspend_after()
         try:
             while outcome is None:
                 last, outcome = self._look(last)
@@ -381,7 +381,7 @@ class Wait:
         """The same loop for top-level ``await``: the kernel keeps handling messages (on
         ipykernel 7.4+ widget clicks reach their handlers while a cell awaits)."""
         outcome = None
-        suspend = settings.suspend_after()
+        suspend = _suspend_after()
         while outcome is None:
             last, outcome = self._look(last)
             if outcome is None:
@@ -441,6 +441,12 @@ def _take_all(conditions: Sequence[Condition],
     for c in conditions:
         taken.append(by_key[c.key].pop(0) if isinstance(c, Event) else None)
     return taken
+
+
+def _suspend_after() -> float | None:
+    """``--suspend-after`` of the batch run this kernel belongs to; None in any other process
+    (an interactive kernel is never suspended, even with NBDURABLE_SUSPEND_AFTER inherited)."""
+    return settings.suspend_after() if claims.driven() else None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -233,6 +233,11 @@ def _kernel_holder(fd: int, run: str) -> Holder:
 _guarded: dict[str, threading.Thread] = {}  # invocation -> its watcher, in this process
 
 
+def driven() -> bool:
+    """Whether this process is a kernel of a batch driver (``guard_kernel`` ran here)."""
+    return bool(_guarded)
+
+
 def guard_kernel(claim: str, invocation: str) -> None:
     """Make this process (a kernel of the driver holding ``claim`` for ``invocation``) part of
     the claim, and stop it the moment the driver's claim is released. Called by the engine

@@ -99,6 +99,13 @@ else:
 
     duckdb = _LazyDuckDB()
 
+
+def preload() -> None:
+    """Import DuckDB now and make one connection (~0.1 s), in a process that will open a log
+    later and wants that first open fast (the worker's warm resume process). Tried in batch
+    kernels too (in a thread while the first cells run): no gain on 2 cores, so not there."""
+    _connect().close()
+
 __all__ = ["LogDB", "open_log"]
 
 ALIAS = "log"
