@@ -30,6 +30,12 @@ class EventIdConflictError(UsageError):
     """An event id was pushed before with another key or payload (an id names one event)."""
 
 
+class StepCollisionError(UsageError):
+    """Two cells are the same step: a copied ``%%durable`` cell kept its original's NAME. The
+    copy is refused (nothing executed, nothing recorded) until it is renamed, or marked
+    ``--replace`` when it is the same step moved."""
+
+
 class NoLogError(UsageError):
     """A command that reads a log was given a path where there is none (a typo, not a new log)."""
 

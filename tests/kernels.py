@@ -90,15 +90,23 @@ class Kernel:
         self.kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
         self.pid = int(self.execute("import os; print(os.getpid())").stream().strip())
 
-    def send(self, code: str) -> str:
+    def send(self, code: str, cell_id: str | None = None) -> str:
         """Queue ``code`` as a cell; returns the request's msg_id. An error in it does not
         abort the requests queued behind it (``stop_on_error``): a request sent right after
-        an error reply would otherwise be aborted unexecuted, depending on timing."""
-        return self.kc.execute(code, store_history=True, stop_on_error=False)
+        an error reply would otherwise be aborted unexecuted, depending on timing.
+        ``cell_id``: sent as JupyterLab sends it, ``metadata.cellId`` of the request."""
+        if cell_id is None:
+            return self.kc.execute(code, store_history=True, stop_on_error=False)
+        content = {"code": code, "silent": False, "store_history": True,
+                   "user_expressions": {}, "allow_stdin": False, "stop_on_error": False}
+        msg = self.kc.session.msg("execute_request", content, metadata={"cellId": cell_id})
+        self.kc.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
 
-    def execute(self, code: str, timeout: float = CELL_TIMEOUT) -> Reply:
+    def execute(self, code: str, timeout: float = CELL_TIMEOUT,
+                cell_id: str | None = None) -> Reply:
         """Run ``code`` as a cell and wait until the kernel is idle again."""
-        msg_id = self.send(code)
+        msg_id = self.send(code, cell_id)
         outputs = self._collect(msg_id, timeout)
         reply = self.kc.get_shell_msg(timeout=timeout)
         while reply["parent_header"].get("msg_id") != msg_id:

@@ -40,7 +40,8 @@ ERRORS = {
     "NotAuthenticatedError", "RequestError",
     "CheckpointError", "ChildError", "ConfigError", "LogBusyError", "LogCorruptError", "LogError",
     "LogVersionError", "NbdurableError", "NotALogError", "OnceInDoubtError", "RunBusyError",
-    "SignatureError", "StepError", "UnknownRunError", "UsageError", "WaitMismatchError",
+    "SignatureError", "StepCollisionError", "StepError", "UnknownRunError", "UsageError",
+    "WaitMismatchError",
     "WaitTimeout",
 }
 WARNINGS = {"IntegrityWarning", "JournalDamageWarning", "LogHeldWarning", "UnstorableValueWarning"}

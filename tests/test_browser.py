@@ -221,6 +221,17 @@ def test_approval_waits_for_a_click_then_replays_after_a_restart(page, lab):
     sends = nbdurable.list_events("02-approval.ipynb", log=lab.root / ".nbdurable" /
                                   "log.duckdb")
     assert sends["key"].tolist() == ["approve"]
+    # JupyterLab sent each cell's id (metadata.cellId): each step's attempts record its cell
+    import nbformat
+
+    from nbdurable.engine.header import step_of
+
+    nb = nbformat.read(lab.root / "02-approval.ipynb", as_version=4)
+    cells = {step_of(c.source): c.id for c in nb.cells if step_of(c.source)}
+    recorded = nbdurable.sql("SELECT DISTINCT step, json_extract_string(body, '$.cell_id') AS "
+                             "cell FROM events WHERE kind = 'attempt_started'",
+                             log=lab.root / ".nbdurable" / "log.duckdb")
+    assert dict(zip(recorded["step"], recorded["cell"], strict=True)) == cells
 
 
 def test_a_reloaded_page_gets_the_waiting_cells_buttons_back(page, lab):

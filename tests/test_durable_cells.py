@@ -447,15 +447,18 @@ def test_durable_run_magic_shows_and_changes_the_run(workdir):
 def test_usage_errors_are_one_line(workdir):
     with Kernel(workdir) as k:
         k.execute(LOAD)
-        r = k.execute("%%durable\nx = 1")
+        r = k.execute("%%durable\nx = 1")  # no NAME, and no cell id to name it by
         assert r.status == "error" and r.ename == "UsageError"
-        assert "step NAME is missing" in r.evalue
+        assert "write %%durable NAME" in r.evalue
         assert len(r.traceback) == 1
         r = k.execute("%%durable a --bogus\nx = 1")
         assert r.ename == "UsageError" and "--bogus" in r.evalue
+        r = k.execute("%%durable a b\nx = 1")
+        assert r.ename == "UsageError" and "one NAME expected" in r.evalue
         # the options are declared the IPython way: the magic's help lists them
         doc = k.execute("print(get_ipython().find_cell_magic('durable').__doc__)").stream()
-        assert "%%durable [--force] NAME" in doc and "--force  execute the body" in doc
+        assert "%%durable [--force] [--replace] [NAME]" in doc, doc
+        assert "execute the body even" in doc and "--replace  this cell takes" in doc
 
 
 def test_run_id_comes_from_the_notebook_identity(workdir):

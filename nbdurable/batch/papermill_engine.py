@@ -102,13 +102,16 @@ def _client_class() -> type:
 
     class Client(PapermillNotebookClient):  # type: ignore[misc]
         """Papermill's client, making each kernel part of the run's claim before its first
-        cell, and noting the cell in which the kernel died."""
+        cell, sending each cell's id with its execution as JupyterLab does (nbclient sends
+        none), and noting the cell in which the kernel died."""
 
         dead_cell: int | None = None
         guard_code: str = ""
+        cell_id: str | None = None  # of the cell being executed
 
         async def async_start_new_kernel_client(self) -> Any:
             kc = await super().async_start_new_kernel_client()
+            _send_cell_ids(kc, self)
             reply = await self.async_wait_for_reply(
                 kc.execute(self.guard_code, silent=True, store_history=False))
             content = (reply or {}).get("content", {})
@@ -122,13 +125,31 @@ def _client_class() -> type:
         start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
         def execute_cell(self, cell: Any, cell_index: int, *args: Any, **kwargs: Any) -> Any:
+            self.cell_id = cell.get("id") or None
             try:
                 return super().execute_cell(cell, cell_index, *args, **kwargs)
             except DeadKernelError:
                 self.dead_cell = cell_index
                 raise
+            finally:
+                self.cell_id = None
 
     return Client
+
+
+def _send_cell_ids(kc: Any, client: Any) -> None:
+    """Each ``execute_request`` on ``kc``'s shell channel carries ``metadata.cellId`` (the
+    notebook's cell id, nbformat 4.5), as JupyterLab and Notebook 7 send it: ipykernel hands it
+    to ``run_cell(cell_id=...)``. The metadata is signed with the rest when the message is sent."""
+    channel = kc.shell_channel
+    send = channel.send
+
+    def send_with_cell_id(msg: dict[str, Any]) -> None:
+        if client.cell_id and msg.get("header", {}).get("msg_type") == "execute_request":
+            msg.setdefault("metadata", {})["cellId"] = client.cell_id
+        send(msg)
+
+    channel.send = send_with_cell_id
 
 
 class _Invocation:

@@ -174,6 +174,7 @@ def run(notebook: str | os.PathLike[str], output: str | os.PathLike[str] | None 
     import papermill
 
     source, nb = _check_notebook(notebook)
+    _check_steps(nb, source)
     _check_kernel(kernel, nb)
     work = _check_cwd(cwd)
     parameters = _check_parameters(parameters)
@@ -257,6 +258,20 @@ def _check_notebook(notebook: str | os.PathLike[str]) -> tuple[Path, Any]:
     except Exception as exc:
         raise UsageError(f"{notebook} is not a readable notebook ({_first_line(exc)}); "
                          "give an .ipynb file") from None
+
+
+def _check_steps(nb: Any, source: Path) -> None:
+    """Two cells of one notebook cannot be one step (a copied cell keeps its NAME): refused
+    before anything runs."""
+    seen: dict[str, int] = {}
+    for index, cell in enumerate(nb.cells):
+        step = durable_step(cell)
+        if step is not None and step in seen:
+            raise UsageError(f"cells {seen[step] + 1} and {index + 1} of {source.name} are both "
+                             f"step {step!r} (a copied %%durable cell keeps its NAME): rename "
+                             "one of them")
+        if step is not None:
+            seen[step] = index
 
 
 def _notes(nb: Any, source: Path) -> list[str]:
@@ -366,8 +381,10 @@ def _result(job: Job, target: Path) -> RunResult:
 
 
 def durable_step(cell: Any) -> str | None:
-    """The step name of a ``%%durable NAME`` cell, else None."""
-    return step_of(cell.get("source", "")) if cell.get("cell_type") == "code" else None
+    """The step name of a durable cell (an unnamed one's from its id), else None."""
+    if cell.get("cell_type") != "code":
+        return None
+    return step_of(cell.get("source", ""), cell.get("id"))
 
 
 def _first_line(value: object) -> str:

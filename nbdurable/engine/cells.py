@@ -24,6 +24,7 @@ import xxhash
 
 from nbdurable import faults, settings
 from nbdurable.engine import analysis, children, context, serializer, values
+from nbdurable.engine.cellids import CellIds
 from nbdurable.engine.fingerprint import Tracker, fingerprint, module_fingerprint
 from nbdurable.errors import CheckpointError, LogHeldWarning, UnstorableValueWarning, first_line
 from nbdurable.store import records
@@ -41,6 +42,8 @@ class CellSpec:
     source: str
     names: analysis.CellNames
     force: bool = False
+    cell_id: str | None = None  # the front end's id of the cell, when it sends one
+    replace: bool = False  # --replace: this cell takes the step over from its recorder
 
     @property
     def source_hash(self) -> str:
@@ -112,6 +115,7 @@ class Engine:
         self._runs_seen: set[tuple[str, str]] = set()
         self._indexes: dict[tuple[str, str], RunIndex] = {}
         self._journals: dict[Path, Journal] = {}
+        self.cell_ids = CellIds()
 
     # -- deciding -------------------------------------------------------------------------------
     def where(self) -> tuple[LogDB, str]:
@@ -137,6 +141,8 @@ class Engine:
         index = self._index(log, run)
         index.ensure()
         checkpoint, last = index.checkpoint(spec.name), index.last(spec.name)
+        self.cell_ids.check(spec.name, spec.cell_id, last.cell_id if last else None,
+                            replace=spec.replace, notebook=settings.notebook_path(self.namespace))
         if index.reset_pending(spec.name):
             return Decision(spec, log, run, inputs, None, "reset by `nbdurable reset`",
                             replay=False, force=True)
@@ -203,7 +209,7 @@ class Engine:
         index.ensure()
         attempt = records.Attempt(run, spec.name, index.next_number(spec.name), Status.RUNNING,
                                   spec.source_hash, decision.inputs, records.now(),
-                                  forced=decision.force)
+                                  forced=decision.force, cell_id=spec.cell_id)
         since = attempt.attempt if decision.force else index.since(spec.name)
         rows = [records.attempt_started(attempt, source=spec.source, forced=decision.force,
                                         reason=decision.reason)[1]]

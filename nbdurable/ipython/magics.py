@@ -15,17 +15,25 @@ class DurableMagics(Magics):
     # The options, declared the IPython way (they make `%%durable?`); the line itself is read by
     # nbdurable.engine.header.parse_line, which batch runs share, with the same messages.
     @magic_arguments(name="%durable")
-    @argument("name", metavar="NAME", help="the step's name, unique in the notebook")
+    @argument("name", metavar="NAME", nargs="?", help="the step's name, unique in the "
+              "notebook; without it, the step is named after the cell's id (cell-ID)")
     @argument("--force", action="store_true",
               help="execute the body even when a valid checkpoint exists")
+    @argument("--replace", action="store_true",
+              help="this cell takes the step NAME over from the cell that recorded it")
     @cell_magic
     def durable(self, line: str, cell: str):
-        """Make this cell a durable step: %%durable NAME [--force]
+        """Make this cell a durable step: %%durable [NAME] [--force] [--replace]
 
         The cell's outputs and the variables it produces are checkpointed in the log. When the
         cell runs again with the same source and unchanged inputs (for example after a kernel
         restart), its body does not execute: the variables are restored and the outputs are
         shown again. --force executes the body even when a valid checkpoint exists.
+
+        Each attempt records the cell's id (JupyterLab and Notebook 7 send it). A copied cell
+        that kept its original's NAME is refused while the original still is that step; when
+        the cell was moved or re-created, --replace (or simply the original's absence) lets it
+        take the step over. Without a NAME the step is named after the cell's id.
 
         %%durable must be the first line of the cell; other cell magics such as %%time may
         come just before or just after it.

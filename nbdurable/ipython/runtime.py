@@ -15,6 +15,7 @@ from typing import Any
 
 from nbdurable.engine.analysis import analyse
 from nbdurable.engine.cells import CellSpec, Decision, Engine, Execution
+from nbdurable.engine.header import cell_step
 from nbdurable.errors import CheckpointError, NbdurableError, UsageError
 from nbdurable.ipython import capture
 from nbdurable.ipython.transform import MARKER, RUNTIME, Requests, raise_for
@@ -43,6 +44,7 @@ class KernelRuntime:
         self._done = False
         self._durable_cell_seen = False
         self._raw_cell: str | None = None
+        self._cell_id: str | None = None  # of the cell being run, when the front end sends it
         self._result: capture.RecordedResult | None = None
 
     def ignored(self, name: str) -> bool:
@@ -57,8 +59,9 @@ class KernelRuntime:
         request = raise_for(self.requests.get(token))
         self._durable_cell_seen = True
         self.executing = False
-        assert request.name is not None, "raise_for let a request without a name through"
-        spec = CellSpec(request.name, request.body, request.names or analyse([]), request.force)
+        spec = CellSpec(_step_name(request.name, self._cell_id), request.body,
+                        request.names or analyse([]), request.force, cell_id=self._cell_id,
+                        replace=request.replace)
         decision = self.engine.decide(spec)
         if decision.replay and self._replay(decision):
             return
@@ -127,6 +130,7 @@ class KernelRuntime:
 
     def pre_run_cell(self, info=None) -> None:
         self._raw_cell = getattr(info, "raw_cell", None)
+        self._cell_id = getattr(info, "cell_id", None) or None  # JupyterLab's metadata.cellId
 
     def post_execute(self) -> None:
         if not self._for_a_cell():
@@ -208,3 +212,14 @@ def _duration(seconds: float | None) -> str:
     if seconds < 120:
         return f"{seconds:.1f} s"
     return f"{seconds / 60:.1f} min"
+
+
+def _step_name(name: str | None, cell_id: str | None) -> str:
+    """The step: its NAME, else (``%%durable`` alone) named after the cell's id."""
+    if name is not None:
+        return name
+    if not cell_id:
+        raise UsageError("this %%durable cell has no NAME and the front end sent no cell id to "
+                         "name it by (JupyterLab, Notebook 7 and `nbdurable run` send one): "
+                         "write %%durable NAME")
+    return cell_step(cell_id)

@@ -35,11 +35,12 @@ MARKER = "__nbdurable_cell__"
 class CellRequest:
     """What the input transformer read from a ``%%durable`` line, plus the body."""
 
-    name: str | None
+    name: str | None  # None: unnamed, the cell id names the step
     force: bool
     body: str
     error: str | None = None
     names: CellNames | None = None
+    replace: bool = False
 
 
 class Requests:
@@ -76,8 +77,9 @@ class InputTransformer:
         if match is None:
             return lines
         body = "".join(lines[1:])
-        name, force, error = parse_line(match.group("args") or "")
-        token = self.requests.add(CellRequest(name, force, body, error), "".join(lines))
+        header = parse_line(match.group("args") or "")
+        token = self.requests.add(CellRequest(header.name, header.force, body, header.error,
+                                              replace=header.replace), "".join(lines))
         marker = f"{MARKER}({token!r})  # {lines[0].strip()}\n"
         return [marker, *self._transform_body(lines[1:])]
 

@@ -130,6 +130,7 @@ class Attempt:
     variables: list[Variable] | None = None
     outputs: StoredRef | None = None
     forced: bool = False  # --force or a reset: earlier calls and waits are not reused
+    cell_id: str | None = None  # the notebook cell that executed it, when the front end said
 
 
 def process_fields() -> dict[str, Any]:
@@ -143,6 +144,8 @@ def attempt_started(attempt: Attempt, *, source: str, forced: bool,
                     reason: str | None) -> Statement:
     body = {"source_hash": attempt.source_hash, "source": source, "inputs": attempt.inputs,
             "forced": forced, "reason": reason, **process_fields()}
+    if attempt.cell_id:
+        body["cell_id"] = attempt.cell_id
     return _INSERT, [attempt.run, attempt.step, attempt.attempt, schema.Kind.ATTEMPT_STARTED,
                      attempt.started_at, dumps(body), None]
 
@@ -251,7 +254,8 @@ def assemble(run: str, rows: Iterable[Sequence[Any]]) -> list[Attempt]:
         body = json.loads(body)
         if kind == schema.Kind.ATTEMPT_STARTED:
             attempts[step, number] = Attempt(run, step, number, schema.Status.RUNNING, body["source_hash"],
-                                             body["inputs"], ts, forced=bool(body.get("forced")))
+                                             body["inputs"], ts, forced=bool(body.get("forced")),
+                                             cell_id=body.get("cell_id"))
         elif (step, number) in attempts:
             _finish(attempts[step, number], ts, body, data)
     return list(attempts.values())
