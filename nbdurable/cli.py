@@ -380,6 +380,9 @@ def _worker_beside(args: argparse.Namespace) -> Iterator[list[NbdurableError]]:
     from nbdurable import worker
 
     failed: list[NbdurableError] = []
+    if not args.worker:
+        yield failed
+        return
     stop = threading.Event()
 
     def work() -> None:
@@ -390,14 +393,12 @@ def _worker_beside(args: argparse.Namespace) -> Iterator[list[NbdurableError]]:
             os.kill(os.getpid(), signal.SIGINT)  # a signal wakes the server's event loop
 
     thread = threading.Thread(target=work, name="nbdurable-worker")
-    if args.worker:
-        thread.start()
+    thread.start()
     try:
         yield failed
     finally:
         stop.set()
-        if args.worker:
-            thread.join()
+        thread.join()
 
 
 def _stop_on_sigterm() -> None:

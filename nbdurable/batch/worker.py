@@ -37,21 +37,48 @@ LOOK_AT_LEAST = 30.0  # ... and a full look this often anyway (a clock change, a
 
 
 @dataclass
+class _Process:
+    """One ``nbdurable resume`` process: its stderr (a file: never a full pipe) and, once it was
+    given a run, when that run's latest invocation started."""
+
+    proc: subprocess.Popen[bytes]
+    err: IO[bytes]
+    since: object = None
+
+    def hand(self, run: str) -> bool:
+        """Give ``run`` to this warm process; False (and it is discarded) if it died."""
+        try:
+            assert self.proc.stdin is not None
+            if self.proc.poll() is None:
+                self.proc.stdin.write(run.encode() + b"\n")
+                self.proc.stdin.close()
+                return True
+        except OSError:  # a broken pipe: it died just now
+            pass
+        self.discard()
+        return False
+
+    def discard(self) -> None:
+        """End a warm process that runs nothing (yet)."""
+        self.proc.kill()
+        self.proc.wait()
+        self.err.close()
+
+
+@dataclass
 class Worker:
     """Resumes what can go on in one log."""
 
     log: Path
     max_parallel: int = 1
     say: Callable[[str], None] = print
-    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    stderr: dict[str, IO[bytes]] = field(default_factory=dict)  # of each resume, a file
+    running: dict[str, _Process] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
     # runs whose resume was refused (exit 2: the notebook gone, another worker on it...): left
     # alone while their latest invocation is the one refused
     refused: dict[str, object] = field(default_factory=dict)
-    since: dict[str, object] = field(default_factory=dict)  # of each run being resumed
     warm: bool = False  # keep a spare resume process ready (a long-lived worker)
-    spare: tuple[subprocess.Popen[bytes], IO[bytes]] | None = None
+    spare: _Process | None = None
 
     def start_ready(self) -> tuple[int, datetime | None]:
         """Start resuming the runs that can go on (room permitting); (how many started, the
@@ -71,45 +98,44 @@ class Worker:
     def _resume(self, waiting: suspension.Waiting) -> None:
         what = ", ".join(waiting.keys()) or "a deadline"
         self.say(f"resuming run {waiting.run!r} (it waited for {what})")
-        spare, self.spare = self.spare, None
-        if spare is None or not _hand(spare, waiting.run):
-            spare = self._start(waiting.run)
-        self.running[waiting.run], self.stderr[waiting.run] = spare
-        self.since[waiting.run] = waiting.since
+        process, self.spare = self.spare, None
+        if process is None or not process.hand(waiting.run):
+            process = self._start(waiting.run)
+        process.since = waiting.since
+        self.running[waiting.run] = process
         self.keep_warm()
 
     def keep_warm(self) -> None:
         """Start the spare resume process, if this worker keeps one and has none alive."""
         if not self.warm or self.stopping.is_set():
             return
-        if self.spare is not None and self.spare[0].poll() is not None:  # it died
-            self.spare[1].close()
+        if self.spare is not None and self.spare.proc.poll() is not None:  # it died
+            self.spare.discard()
             self.spare = None
         if self.spare is None:
             self.spare = self._start("-")
 
-    def _start(self, run: str) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
-        """``nbdurable resume RUN`` (``-``: the run id comes on stdin) and its stderr file."""
-        err = tempfile.TemporaryFile()  # a file: never a full pipe
+    def _start(self, run: str) -> _Process:
+        """``nbdurable resume RUN`` (``-``: the run id comes on stdin)."""
+        err = tempfile.TemporaryFile()
         proc = subprocess.Popen(
             [sys.executable, "-m", "nbdurable", "resume", run, "--log", str(self.log)],
             stdin=subprocess.PIPE if run == "-" else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=err)
-        return proc, err
+        return _Process(proc, err)
 
     def reap(self) -> None:
         """Say how each finished resume ended."""
-        for run, proc in list(self.running.items()):
-            code = proc.poll()
+        for run, process in list(self.running.items()):
+            code = process.proc.poll()
             if code is None:
                 continue
             del self.running[run]
-            since = self.since.pop(run)
-            err = _lines(self.stderr.pop(run))
+            err = _lines(process.err)
             ended = next((text for c, text in _ENDED if c == code), f"exit {code}")
             why = f" ({err[-1].removeprefix('nbdurable: ')})" if code and err else ""
             if code == EXIT_USAGE:
-                self.refused[run] = since
+                self.refused[run] = process.since
                 why += "; left alone until it is resumed by hand or the worker restarts"
             self.say(f"run {run!r}: {ended}{why}")
 
@@ -117,34 +143,16 @@ class Worker:
         """No new resume; the ones in flight stop (their runs stay resumable)."""
         self.stopping.set()
         if self.spare is not None:
-            self.spare[0].kill()  # it runs nothing yet
-            self.spare[0].wait()
-            self.spare[1].close()
+            self.spare.discard()
             self.spare = None
-        for proc in self.running.values():
-            proc.send_signal(signal.SIGINT)
-        for proc in self.running.values():
+        for process in self.running.values():
+            process.proc.send_signal(signal.SIGINT)
+        for process in self.running.values():
             try:
-                proc.wait(30)
+                process.proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                process.proc.kill()
         self.reap()
-
-
-def _hand(spare: tuple[subprocess.Popen[bytes], IO[bytes]], run: str) -> bool:
-    """Give ``run`` to the warm process; False (and it is gone) if it died meanwhile."""
-    proc, err = spare
-    try:
-        assert proc.stdin is not None
-        if proc.poll() is None:
-            proc.stdin.write(run.encode() + b"\n")
-            proc.stdin.close()
-            return True
-    except OSError:  # a broken pipe: it died just now
-        proc.kill()
-    proc.wait()
-    err.close()
-    return False
 
 
 def _lines(file: IO[bytes]) -> list[str]:
@@ -200,5 +208,5 @@ def _sleep_until_change(db: Any, worker: Worker, deadline: datetime | None) -> N
     while records.now() < until and not worker.stopping.is_set():
         if worker.stopping.wait(LOOK_EVERY) or db.generation() != last:
             return
-        if any(p.poll() is not None for p in worker.running.values()):
+        if any(p.proc.poll() is not None for p in worker.running.values()):
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,12 @@ class CellIds:
         self.ran: dict[str, str] = {}
 
     def check(self, step: str, cell_id: str | None, recorded: str | None, *,
-              replace: bool, notebook: str | None) -> None:
+              replace: bool, notebook: Callable[[], str | None]) -> None:
         """Refuse ``cell_id`` as ``step`` if the cell ``recorded`` (the step's latest attempt)
-        still is that step; then remember that ``cell_id`` ran as ``step``."""
+        still is that step; then remember that ``cell_id`` ran as ``step``. ``notebook`` gives
+        the saved notebook's path, asked only then."""
         if cell_id and recorded and recorded != cell_id and not replace:
-            holder = self.holder(step, recorded, notebook)
+            holder = self.holder(step, recorded, notebook())
             if holder is not None:
                 raise StepCollisionError(_collision(step, cell_id, holder))
         if cell_id:

@@ -142,7 +142,8 @@ class Engine:
         index.ensure()
         checkpoint, last = index.checkpoint(spec.name), index.last(spec.name)
         self.cell_ids.check(spec.name, spec.cell_id, last.cell_id if last else None,
-                            replace=spec.replace, notebook=settings.notebook_path(self.namespace))
+                            replace=spec.replace,
+                            notebook=lambda: settings.notebook_path(self.namespace))
         if index.reset_pending(spec.name):
             return Decision(spec, log, run, inputs, None, "reset by `nbdurable reset`",
                             replay=False, force=True)
